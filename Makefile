@@ -1,0 +1,42 @@
+# medpipe: the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+export PYTHONHASHSEED := 0
+
+.PHONY: venv demo demo-data test lint lock clean
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "medpipe needs Python 3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo-data: venv
+	$(BIN)/medpipe demo-data --out resources/demo --config config/config.yaml
+
+demo: demo-data
+	source $(BIN)/activate && snakemake --cores $(CORES) --profile profiles/default
+	source $(BIN)/activate && snakemake --cores 1 --profile profiles/default --report results/report.html
+	@echo "medpipe demo finished. Report: $(CURDIR)/results/report.html"
+
+test: venv
+	source $(BIN)/activate && pytest tests
+
+lint: venv
+	source $(BIN)/activate && ruff check src scripts tests benchmarks && mypy && snakemake --lint
+
+lock:
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv && .lockvenv/bin/pip install -q -r requirements.in
+	{ echo "# Generated from requirements.in by 'make lock' (pip freeze of a fresh venv). Python 3.11."; \
+	  .lockvenv/bin/pip freeze | sed 's/+cpu//'; } > requirements.lock && rm -rf .lockvenv
+
+clean:
+	rm -rf results logs .snakemake resources/demo

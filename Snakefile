@@ -1,0 +1,28 @@
+# medpipe: DICOM -> segmentation -> metrics -> radiomics -> reproducibility report.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/convert.smk"
+include: "rules/preprocess.smk"
+include: "rules/segment.smk"
+include: "rules/postprocess.smk"
+include: "rules/evaluate.smk"
+include: "rules/radiomics.smk"
+include: "rules/stats.smk"
+include: "rules/audit.smk"
+
+
+rule all:
+    input:
+        get_final_outputs,
+        "results/audit/manifest.json",
+    default_target: True

@@ -1,0 +1,149 @@
+# Validation of config and subject sheet, wildcard constraints and every input function.
+import os
+from pathlib import Path
+
+from medpipe.config import load_subject_sheet, validate_config
+from medpipe.seg.split import assign_folds
+
+SCHEMAS = Path(workflow.basedir) / "config" / "schemas"
+
+validate_config(config, SCHEMAS / "config.schema.yaml")
+SHEET = load_subject_sheet(config["subjects"], SCHEMAS / "subjects.schema.yaml")
+
+if config["deterministic"]:
+    # Must be in the environment before each job's Python starts (ITK reads it once).
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+    os.environ["PYTHONHASHSEED"] = "0"
+
+SUBJECTS = sorted(SHEET.index)
+LABELLED = sorted(s for s in SUBJECTS if SHEET.loc[s, "label"])
+SEQUENCES = list(config["sequences"])
+REF = config["reference_sequence"]
+MOVING = [s for s in SEQUENCES if s != REF]
+FOLDS = assign_folds(LABELLED, config["segmentation"]["folds"], config["seed"]) if LABELLED else {}
+N_FOLDS = config["segmentation"]["folds"]
+SOURCES = [s for s in config["radiomics"]["sources"] if s == "auto" or LABELLED]
+
+
+def _alternatives(values):
+    return "|".join(values) if values else "(?!)"
+
+
+wildcard_constraints:
+    subject=_alternatives(SUBJECTS),
+    sequence=_alternatives(SEQUENCES),
+    moving=_alternatives(MOVING),
+    source="human|auto",
+    fold=r"\d+",
+
+
+# --- convert ---------------------------------------------------------------------------------
+
+def get_dicom_dir(wildcards):
+    return SHEET.loc[wildcards.subject, "dicom"]
+
+
+def get_sequence_selector(wildcards):
+    return config["sequences"][wildcards.sequence]
+
+
+def get_label_source(wildcards):
+    return SHEET.loc[wildcards.subject, "label"]
+
+
+def get_converted_sequence(wildcards):
+    return f"results/convert/sub-{wildcards.subject}/sub-{wildcards.subject}_{wildcards.sequence}.nii.gz"
+
+
+def get_reference_converted(wildcards):
+    return f"results/convert/sub-{wildcards.subject}/sub-{wildcards.subject}_{REF}.nii.gz"
+
+
+# --- preprocess ------------------------------------------------------------------------------
+
+def get_n4_input(wildcards):
+    if wildcards.sequence == REF:
+        return get_converted_sequence(wildcards)
+    return f"results/coregister/sub-{wildcards.subject}/sub-{wildcards.subject}_{wildcards.sequence}.nii.gz"
+
+
+def get_n4_reference(wildcards):
+    return f"results/n4/sub-{wildcards.subject}/sub-{wildcards.subject}_{REF}.nii.gz"
+
+
+def _normalised(subject, sequence):
+    return f"results/normalise/sub-{subject}/sub-{subject}_{sequence}.nii.gz"
+
+
+def _label_on_grid(subject):
+    return f"results/normalise/sub-{subject}/sub-{subject}_desc-human_mask.nii.gz"
+
+
+# --- segment ---------------------------------------------------------------------------------
+
+def get_training_subjects(wildcards):
+    return [s for s in LABELLED if FOLDS[s] != int(wildcards.fold)]
+
+
+def get_training_images(wildcards):
+    return [_normalised(s, q) for s in get_training_subjects(wildcards) for q in SEQUENCES]
+
+
+def get_training_labels(wildcards):
+    return [_label_on_grid(s) for s in get_training_subjects(wildcards)]
+
+
+def get_case_images(wildcards):
+    return [_normalised(wildcards.subject, q) for q in SEQUENCES]
+
+
+def get_fold_model(wildcards):
+    """Model(s) that never saw the subject: its held-out fold, or every fold for unlabelled subjects."""
+    if wildcards.subject in FOLDS:
+        return [f"results/train/fold-{FOLDS[wildcards.subject]}/model.pt"]
+    return [f"results/train/fold-{k}/model.pt" for k in range(N_FOLDS)]
+
+
+# --- evaluate / radiomics / stats ------------------------------------------------------------
+
+def get_all_subject_metrics(wildcards):
+    return [f"results/evaluate/sub-{s}/sub-{s}_metrics.tsv" for s in LABELLED]
+
+
+def get_radiomics_image(wildcards):
+    return get_n4_reference(wildcards)
+
+
+def get_radiomics_mask(wildcards):
+    s = wildcards.subject
+    if wildcards.source == "human":
+        return f"results/convert/sub-{s}/sub-{s}_desc-human_mask.nii.gz"
+    return f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz"
+
+
+def get_all_feature_tables(wildcards):
+    subjects = {"human": LABELLED, "auto": SUBJECTS}
+    return [
+        f"results/radiomics/sub-{s}/sub-{s}_mask-{src}_features.tsv" for src in SOURCES for s in subjects[src]
+    ]
+
+
+def get_uncertainty_files(wildcards):
+    return [f"results/predict/sub-{s}/sub-{s}_uncertainty.json" for s in SUBJECTS]
+
+
+# --- final targets ---------------------------------------------------------------------------
+
+def get_final_outputs(wildcards=None):
+    """Everything `rule all` asks for except the audit manifest (which hashes all of these)."""
+    outs = [f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz" for s in SUBJECTS]
+    outs += ["results/radiomics/features.tsv", "results/audit/flagged_cases.tsv"]
+    if LABELLED:
+        outs += ["results/evaluate/summary.tsv"]
+    if "human" in SOURCES and "auto" in SOURCES and len(LABELLED) >= 3:
+        outs += ["results/stats/reproducibility.tsv"]
+    return outs
+
+
+def get_manifest_inputs(wildcards):
+    return get_final_outputs(wildcards)

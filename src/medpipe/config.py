@@ -1,0 +1,129 @@
+"""Validation of config.yaml and the subject sheet, before any job starts.
+
+Both are checked against JSON Schemas in ``config/schemas``; defaults from the schema are filled
+in, unknown keys are refused, and every problem is reported with the key (or sheet row) it is
+about, all at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pandas as pd
+import yaml
+
+from medpipe.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def _with_defaults(cls: Any) -> Any:
+    """Extend a jsonschema validator class so that it fills in ``default`` values."""
+    validate_properties = cls.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: Any, instance: Any, schema: Any) -> Iterator[Any]:
+        if isinstance(instance, MutableMapping):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = _copy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(cls, {"properties": set_defaults})
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+_Validator = _with_defaults(jsonschema.Draft7Validator)
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    """Read a YAML JSON-Schema file."""
+    data: dict[str, Any] = yaml.safe_load(Path(path).read_text())
+    return data
+
+
+def _where(error: jsonschema.ValidationError, root: str) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else root
+
+
+def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -> MutableMapping[str, Any]:
+    """Validate ``config`` in place against the schema, filling defaults.
+
+    Raises
+    ------
+    ConfigError
+        Listing every invalid key as ``key.path: problem``.
+    """
+    validator = _Validator(load_schema(schema_path))
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"  {_where(e, 'config')}: {e.message}" for e in errors]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    sequences = config.get("sequences", {})
+    if config.get("reference_sequence") not in sequences:
+        raise ConfigError(
+            f"  reference_sequence: {config.get('reference_sequence')!r} is not one of the configured "
+            f"sequences {sorted(sequences)}"
+        )
+    return config
+
+
+def load_subject_sheet(path: str | Path, schema_path: str | Path, *, base_dir: str | Path = ".") -> pd.DataFrame:
+    """Read and validate the subject sheet; every referenced folder and file must exist.
+
+    Parameters
+    ----------
+    path
+        TSV with a header row (columns: subject, dicom, label).
+    schema_path
+        ``subjects.schema.yaml``.
+    base_dir
+        Directory that relative paths in the sheet are relative to (the working directory).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by subject, with columns ``dicom`` and ``label`` ('' when absent).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            "subject sheet not found; for the demo run `medpipe demo-data` (or `make demo`) first",
+            path=path,
+        )
+    sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    validator = _Validator(load_schema(schema_path))
+    base = Path(base_dir)
+    problems: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for i, raw in enumerate(sheet.to_dict(orient="records"), start=2):
+        row = {k: v for k, v in raw.items() if not (k == "label" and v == "")}
+        for error in validator.iter_errors(row):
+            problems.append(f"  row {i} ({raw.get('subject', '?')}): {_where(error, 'row')}: {error.message}")
+        row.setdefault("label", "")
+        dicom = base / str(row.get("dicom", ""))
+        if row.get("dicom") and not dicom.is_dir():
+            problems.append(f"  row {i} ({row.get('subject', '?')}): dicom folder {row['dicom']!r} does not exist")
+        if row["label"] and not (base / row["label"]).exists():
+            problems.append(f"  row {i} ({row.get('subject', '?')}): label file {row['label']!r} does not exist")
+        rows.append(row)
+    subjects = [str(r.get("subject", "")) for r in rows]
+    dups = sorted({s for s in subjects if subjects.count(s) > 1})
+    if dups:
+        problems.append(f"  duplicated subject IDs: {dups}")
+    if not rows:
+        problems.append("  the sheet has no subjects")
+    if problems:
+        raise ConfigError("invalid subject sheet:\n" + "\n".join(problems), path=path)
+    return pd.DataFrame(rows).set_index("subject", drop=False)

@@ -1,0 +1,1 @@
+"""Segmentation engine: folds, data, models, losses, training and inference (MONAI + torch)."""
