@@ -25,6 +25,15 @@ N_FOLDS = config["segmentation"]["folds"]
 SOURCES = [s for s in config["radiomics"]["sources"] if s == "auto" or LABELLED]
 
 
+def _workflow_path(path):
+    """A relative config path found in the working directory, else in the workflow's folder."""
+    p = Path(path)
+    return str(p if p.is_absolute() or p.exists() else Path(workflow.basedir) / p)
+
+
+RADIOMICS_PARAMS = _workflow_path(config["radiomics"]["params"])
+
+
 def _alternatives(values):
     return "|".join(values) if values else "(?!)"
 

@@ -1,0 +1,128 @@
+"""End-to-end: the tiny workflow through every stage, re-run behaviour, PHI and start-up validation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.workflow.conftest import TINY_CONFIG, run, snakemake_cmd
+
+pytestmark = pytest.mark.workflow
+
+
+def _subjects(workdir: Path) -> list[str]:
+    sheet = pd.read_csv(workdir / "resources/demo/subjects.tsv", sep="\t", dtype=str)
+    return sorted(sheet["subject"])
+
+
+def test_every_stage_produced_real_outputs(tiny_run: Path) -> None:
+    res = tiny_run / "results"
+    subjects = _subjects(tiny_run)
+    assert len(subjects) == 4
+    for s in subjects:
+        ref = nib.load(res / f"convert/sub-{s}/sub-{s}_T1w.nii.gz")
+        auto = nib.load(res / f"postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz")
+        # the automatic mask is back on the native converted grid, exactly
+        assert auto.shape == ref.shape
+        np.testing.assert_allclose(auto.affine, ref.affine, atol=1e-5)
+        assert set(np.unique(np.asarray(auto.dataobj))) <= {0, 1}
+        brain = np.asarray(nib.load(res / f"skullstrip/sub-{s}/sub-{s}_brainmask.nii.gz").dataobj)
+        assert 0.05 < brain.mean() < 0.8, "brain mask covers an implausible part of the head"
+        norm = np.asarray(nib.load(res / f"normalise/sub-{s}/sub-{s}_T2w.nii.gz").dataobj, dtype=float)
+        inside = norm[np.asarray(nib.load(res / f"normalise/sub-{s}/sub-{s}_T1w.nii.gz").dataobj) != 0]
+        assert np.isfinite(norm).all() and inside.size > 0
+        sidecar = json.loads((res / f"n4/sub-{s}/sub-{s}_T1w.json").read_text())
+        assert sidecar["subject"] == s and sidecar["inputs"][0]["sha256"]
+    metrics = pd.read_csv(res / "evaluate/metrics.tsv", sep="\t")
+    assert set(subjects) <= set(metrics["subject"].astype(str))
+    assert metrics["dice"].between(0, 1).all()
+    features = pd.read_csv(res / "radiomics/features.tsv", sep="\t")
+    assert {"human", "auto"} <= set(features["source"])
+    repro = pd.read_csv(res / "stats/reproducibility.tsv", sep="\t")
+    assert len(repro) > 50 and "ccc" in repro.columns
+    manifest = json.loads((res / "audit/manifest.json").read_text())
+    assert manifest["files"]
+
+
+def test_report_has_qc_images(tiny_run: Path) -> None:
+    html = (tiny_run / "results/report.html").read_text(errors="replace")
+    assert html.count("data:image/png") + html.count(".png") >= 8
+    for stage in ("N4", "Skull", "Radiomics"):
+        assert stage.lower() in html.lower()
+
+
+def test_rerun_has_nothing_to_do(tiny_run: Path) -> None:
+    proc = run(snakemake_cmd(tiny_run, "--cores", "1", "-n"))
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_no_planted_phi_in_outputs(tiny_run: Path) -> None:
+    planted = json.loads((tiny_run / "resources/demo/phi.json").read_text())
+    strings = {v for v in _flatten(planted) if isinstance(v, str) and len(v) >= 4} | {"MEDPIPEPHI"}
+    hits = []
+    for folder in ("results", "logs"):
+        for path in (tiny_run / folder).rglob("*"):
+            if not path.is_file():
+                continue
+            data = path.read_bytes()
+            if path.suffix == ".gz":
+                import gzip
+
+                data = gzip.decompress(data)
+            hits += [f"{path}: {s}" for s in strings if s.encode() in data or s.lower().encode() in data.lower()]
+            hits += [f"{path} (file name): {s}" for s in strings if s.lower() in path.name.lower()]
+    assert not hits, "planted PHI found:\n" + "\n".join(hits[:20])
+
+
+def _flatten(obj: object) -> list[object]:
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in _flatten(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in _flatten(v)]
+    return [obj]
+
+
+def _fresh_workdir(tmp_path: Path, tiny_workdir: Path) -> Path:
+    wd = tmp_path / "wd"
+    shutil.copytree(tiny_workdir / "resources", wd / "resources")
+    return wd
+
+
+def test_invalid_config_key_stops_before_any_job(tmp_path: Path, tiny_workdir: Path) -> None:
+    wd = _fresh_workdir(tmp_path, tiny_workdir)
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["postprocess"]["largest_componnent"] = True
+    cfg["seed"] = "forty-two"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = run(snakemake_cmd(wd, "--cores", "1", configfile=bad), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "postprocess" in out and "largest_componnent" in out
+    assert "seed" in out and "forty-two" in out
+    assert not (wd / "results").exists()
+
+
+def test_sheet_row_with_missing_folder_stops_before_any_job(tmp_path: Path, tiny_workdir: Path) -> None:
+    wd = _fresh_workdir(tmp_path, tiny_workdir)
+    sheet = wd / "resources/demo/subjects.tsv"
+    df = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
+    df.loc[1, "dicom"] = "resources/demo/dicom/no_such_folder"
+    df.to_csv(sheet, sep="\t", index=False)
+    proc = run(snakemake_cmd(wd, "--cores", "1"), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "row 3" in out and df.loc[1, "subject"] in out and "no_such_folder" in out
+    assert not (wd / "results").exists()
+
+
+def test_lint_is_clean(tiny_workdir: Path) -> None:
+    proc = run(snakemake_cmd(tiny_workdir, "--lint"), check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
