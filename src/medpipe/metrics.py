@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -50,6 +51,14 @@ EMPTY_POLICY = {
     "both": "dice=jaccard=precision=recall=1, distances=0, rel_volume_diff=0",
     "one": "dice=jaccard=precision=recall=0, distances=NaN (empty_mask names the empty side)",
 }
+
+
+def dice_score(auto: npt.NDArray[Any], human: npt.NDArray[Any]) -> float:
+    """Dice of two binary masks; 1 when both are empty, 0 when exactly one is."""
+    a = np.asarray(auto) != 0
+    h = np.asarray(human) != 0
+    total = int(a.sum()) + int(h.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & h)) / total
 
 
 def surface_distances(
@@ -158,6 +167,11 @@ def write_tsv(table: pd.DataFrame, out: str | Path) -> Path:
     return out
 
 
+def read_metrics(path: str | Path) -> pd.DataFrame:
+    """Read a metrics TSV; subject IDs and labels stay strings (``001`` is not the number 1)."""
+    return pd.read_csv(path, sep="\t", dtype={"subject": str, "label": str, "empty_mask": str})
+
+
 def bootstrap_ci(values: npt.NDArray[np.float64], *, seed: int, n_boot: int = 2000,
                  level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean (NaN when fewer than 2 values)."""
@@ -207,7 +221,7 @@ def summarise(
     *,
     seed: int,
     n_boot: int = 2000,
-    qc_images: Mapping[str, str | Path] | None = None,
+    qc_images: Mapping[str, str | Path] | Iterable[str | Path] | None = None,
     out_cases: str | Path | None = None,
 ) -> Path:
     """Concatenate per-subject metric tables and summarise them.
@@ -228,15 +242,16 @@ def summarise(
     n_boot
         Number of bootstrap resamples.
     qc_images, out_cases
-        Subject -> overlay PNG (auto vs human on the image); when both are given, the overlays of
-        the best, median and worst subject by Dice are stacked into ``out_cases``.
+        Subject -> overlay PNG (auto vs human on the image), or PNGs named ``sub-<id>_...``; when
+        both are given, the overlays of the best, median and worst subject by Dice are stacked
+        into ``out_cases``.
 
     Returns
     -------
     Path
         ``out_summary``.
     """
-    frames = [pd.read_csv(t, sep="\t", keep_default_na=True) for t in tables]
+    frames = [read_metrics(t) for t in tables]
     if not frames:
         raise DataError("no per-subject metric tables to summarise", path=out_summary)
     metrics = pd.concat(frames, ignore_index=True).sort_values(["subject", "label"], kind="stable")
@@ -245,12 +260,28 @@ def summarise(
     write_tsv(summary, out_summary)
     save_metric_boxplots(metrics, PLOT_METRICS, out_plot)
     if out_cases is not None:
-        cases = rank_cases(metrics)
         if qc_images is None:
             raise DataError("out_cases needs qc_images (subject -> overlay PNG)", path=out_cases)
-        save_case_panel({f"{k}: sub-{s}": qc_images[s] for k, s in cases.items()}, out_cases)
+        pngs = _by_subject(qc_images)
+        cases = rank_cases(metrics)
+        missing = sorted({s for s in cases.values() if s not in pngs})
+        if missing:
+            raise DataError(f"no overlay PNG for subject(s) {missing}", path=out_cases)
+        save_case_panel({f"{k}: sub-{s}": pngs[s] for k, s in cases.items()}, out_cases)
     logger.info("summarised %d rows from %d tables", len(metrics), len(frames))
     return Path(out_summary)
+
+
+def _by_subject(images: Mapping[str, str | Path] | Iterable[str | Path]) -> dict[str, str | Path]:
+    if isinstance(images, Mapping):
+        return dict(images)
+    out: dict[str, str | Path] = {}
+    for p in images:
+        match = re.match(r"sub-([A-Za-z0-9]+)_", Path(p).name)
+        if match is None:
+            raise DataError("overlay PNG name does not start with sub-<id>_", path=p)
+        out[match.group(1)] = p
+    return out
 
 
 def save_metric_boxplots(metrics: pd.DataFrame, names: Sequence[str], out: str | Path) -> Path:

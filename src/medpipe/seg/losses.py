@@ -41,8 +41,11 @@ def signed_distance_map(label: npt.NDArray[Any], n_classes: int) -> npt.NDArray[
     for c in range(1, n_classes):
         fg = label == c
         if fg.any() and not fg.all():
-            out[c - 1] = (ndimage.distance_transform_edt(~fg) - ndimage.distance_transform_edt(fg)
-                          + fg.astype(np.float32))  # +1 inside: boundary voxels of the class map to 0
+            out[c - 1] = (
+                ndimage.distance_transform_edt(~fg)
+                - ndimage.distance_transform_edt(fg)
+                + fg.astype(np.float32)
+            )  # +1 inside: boundary voxels of the class map to 0
     return out
 
 
@@ -68,8 +71,9 @@ class SegmentationLoss(nn.Module):
         Whether the network output stacks several heads on dimension 1.
     """
 
-    def __init__(self, settings: Mapping[str, Any] | str, n_classes: int, epochs: int,
-                 deep_supervision: bool = False) -> None:
+    def __init__(
+        self, settings: Mapping[str, Any] | str, n_classes: int, epochs: int, deep_supervision: bool = False
+    ) -> None:
         super().__init__()
         cfg: dict[str, Any] = {"name": settings} if isinstance(settings, str) else dict(settings)
         self.name = str(cfg.get("name", "dice_ce"))
@@ -79,13 +83,16 @@ class SegmentationLoss(nn.Module):
         weight = None
         if cw is not None:
             if len(cw) != n_classes:
-                raise ConfigError(f"segmentation.loss.class_weights has {len(cw)} entries; the model has "
-                                  f"{n_classes} classes (background included)")
+                raise ConfigError(
+                    f"segmentation.loss.class_weights has {len(cw)} entries; the model has "
+                    f"{n_classes} classes (background included)"
+                )
             weight = torch.as_tensor([float(w) for w in cw], dtype=torch.float32)
         region: nn.Module
         if self.name == "dice_focal":
-            region = DiceFocalLoss(to_onehot_y=True, softmax=True, gamma=float(cfg.get("focal_gamma", 2.0)),
-                                   weight=weight)
+            region = DiceFocalLoss(
+                to_onehot_y=True, softmax=True, gamma=float(cfg.get("focal_gamma", 2.0)), weight=weight
+            )
         else:
             region = DiceCELoss(to_onehot_y=True, softmax=True, weight=weight)
         self.deep_supervision = deep_supervision
@@ -107,8 +114,9 @@ class SegmentationLoss(nn.Module):
         frac = epoch / (self.epochs - 1) if self.epochs > 1 else 1.0
         return start + (end - start) * frac
 
-    def forward(self, output: torch.Tensor, label: torch.Tensor, sdm: torch.Tensor | None = None,
-                epoch: int = 0) -> torch.Tensor:
+    def forward(
+        self, output: torch.Tensor, label: torch.Tensor, sdm: torch.Tensor | None = None, epoch: int = 0
+    ) -> torch.Tensor:
         """Loss of ``output`` (logits) against integer ``label`` ``(B, 1, ...)``."""
         output = output.float()
         if self.deep_supervision:

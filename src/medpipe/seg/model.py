@@ -75,8 +75,9 @@ class SEDynUNet(DynUNet):
         blocks = super().get_downsamples()
         if not self._se_kind:
             return blocks
-        return nn.ModuleList(nn.Sequential(b, self._se(c)) for b, c in zip(blocks, self.filters[1:-1],
-                                                                            strict=True))
+        return nn.ModuleList(
+            nn.Sequential(b, self._se(c)) for b, c in zip(blocks, self.filters[1:-1], strict=True)
+        )
 
     def get_upsamples(self) -> nn.ModuleList:
         blocks = super().get_upsamples()
@@ -116,15 +117,19 @@ def _check_model_settings(m: Mapping[str, Any]) -> None:
         raise ConfigError(f"segmentation.model.architecture = {arch!r}; expected one of {ARCHITECTURES}")
     channels, strides = list(m.get("channels", [])), list(m.get("strides", []))
     if len(channels) < 2 or len(strides) != len(channels) - 1:
-        raise ConfigError(f"segmentation.model: channels {channels} need exactly len(channels) - 1 strides, "
-                          f"got {strides}")
+        raise ConfigError(
+            f"segmentation.model: channels {channels} need exactly len(channels) - 1 strides, got {strides}"
+        )
     if m.get("squeeze_excitation") not in (None, False, True, "channel", "residual"):
-        raise ConfigError("segmentation.model.squeeze_excitation must be true, false, 'channel' or 'residual', "
-                          f"got {m.get('squeeze_excitation')!r}")
+        raise ConfigError(
+            "segmentation.model.squeeze_excitation must be true, false, 'channel' or 'residual', "
+            f"got {m.get('squeeze_excitation')!r}"
+        )
 
 
-def build_network(model: Mapping[str, Any], in_channels: int, out_channels: int, *,
-                  spatial_dims: int | None = None) -> nn.Module:
+def build_network(
+    model: Mapping[str, Any], in_channels: int, out_channels: int, *, spatial_dims: int | None = None
+) -> nn.Module:
     """Build the network described by ``config["segmentation"]["model"]``.
 
     Parameters
@@ -152,18 +157,33 @@ def build_network(model: Mapping[str, Any], in_channels: int, out_channels: int,
     se_kind = None if not se else ("residual" if se == "residual" else "channel")
     ds = int(model.get("deep_supervision", 0) or 0)
     if ds > len(strides) - 2:
-        raise ConfigError(f"segmentation.model.deep_supervision = {ds} exceeds the decoder depth - 1 "
-                          f"({len(strides) - 2})")
+        raise ConfigError(
+            f"segmentation.model.deep_supervision = {ds} exceeds the decoder depth - 1 ({len(strides) - 2})"
+        )
     net = SEDynUNet(
-        se=se_kind, se_reduction=int(model.get("se_reduction", 2)),
-        spatial_dims=dims, in_channels=in_channels, out_channels=out_channels,
-        kernel_size=[3] * len(strides), strides=strides, upsample_kernel_size=strides[1:],
-        filters=[int(c) for c in model["channels"]], dropout=float(model.get("dropout", 0.0)) or None,
-        res_block=int(model.get("num_res_units", 0)) > 0, deep_supervision=ds > 0, deep_supr_num=max(ds, 1),
+        se=se_kind,
+        se_reduction=int(model.get("se_reduction", 2)),
+        spatial_dims=dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernel_size=[3] * len(strides),
+        strides=strides,
+        upsample_kernel_size=strides[1:],
+        filters=[int(c) for c in model["channels"]],
+        dropout=float(model.get("dropout", 0.0)) or None,
+        res_block=int(model.get("num_res_units", 0)) > 0,
+        deep_supervision=ds > 0,
+        deep_supr_num=max(ds, 1),
     )
     n_params = sum(p.numel() for p in net.parameters())
-    logger.info("built %dD DynUNet (SE=%s, residual=%s, deep supervision=%d): %d parameters", dims, se_kind,
-                int(model.get("num_res_units", 0)) > 0, ds, n_params)
+    logger.info(
+        "built %dD DynUNet (SE=%s, residual=%s, deep supervision=%d): %d parameters",
+        dims,
+        se_kind,
+        int(model.get("num_res_units", 0)) > 0,
+        ds,
+        n_params,
+    )
     return SliceWise(net) if dims == 2 else net
 
 
@@ -178,8 +198,13 @@ def divisor(model: Mapping[str, Any]) -> list[int]:
 def check_patch_size(model: Mapping[str, Any], patch: Sequence[int], what: str = "patch_size") -> None:
     """Raise :class:`ConfigError` unless every patch dimension is a multiple of :func:`divisor`."""
     div = divisor(model)
-    bad = [f"{p} (axis {i}, multiple of {d})" for i, (p, d) in enumerate(zip(patch, div, strict=True))
-           if int(p) % d]
+    bad = [
+        f"{p} (axis {i}, multiple of {d})"
+        for i, (p, d) in enumerate(zip(patch, div, strict=True))
+        if int(p) % d
+    ]
     if len(patch) != 3 or bad:
-        raise ConfigError(f"segmentation.train.{what} {list(patch)} must have 3 entries that are multiples of "
-                          f"the total stride: {', '.join(bad)}")
+        raise ConfigError(
+            f"segmentation.train.{what} {list(patch)} must have 3 entries that are multiples of "
+            f"the total stride: {', '.join(bad)}"
+        )

@@ -55,28 +55,32 @@ def assign_folds(subjects: Sequence[str], k: int, seed: int) -> dict[str, int]:
 def folds_table(subjects: Sequence[str], k: int, seed: int, val_fraction: float = 0.0) -> dict[str, Any]:
     """Describe a k-fold split: per fold the held-out ``test`` subjects and the ``train``/``val`` lists.
 
-    ``val`` is a seeded subset (``val_fraction`` of the training subjects, at least one when the
-    fraction is positive) used only to monitor the learning curve; it is not trained on.
+    ``val`` is :func:`validation_subset` of the fold's other subjects: ``train_fold`` draws the same
+    subset (same seed) to monitor the learning curve and does not train on it.
     """
     assignment = assign_folds(subjects, k, seed)
-    rng = np.random.default_rng(int(seed) + 1)
     folds: list[dict[str, Any]] = []
     for fold in range(k):
         test = [s for s, f in assignment.items() if f == fold]
         rest = [s for s, f in assignment.items() if f != fold]
-        n_val = max(1, round(val_fraction * len(rest))) if val_fraction > 0 and len(rest) > 1 else 0
-        val = sorted(str(s) for s in rng.choice(rest, size=n_val, replace=False)) if n_val else []
+        val = validation_subset(rest, val_fraction, int(seed) + fold)
         train = [s for s in rest if s not in val]
         folds.append({"fold": fold, "train": train, "val": val, "test": test})
     return {"k": k, "seed": int(seed), "assignment": assignment, "folds": folds}
 
 
-def write_folds(subjects: Sequence[str], k: int, seed: int, out: str | Path,
-                val_fraction: float = 0.0) -> Path:
+def write_folds(
+    subjects: Sequence[str], k: int, seed: int, out: str | Path, val_fraction: float = 0.0
+) -> Path:
     """Write the split of :func:`folds_table` as JSON (sorted keys, byte-identical on re-runs)."""
     table = folds_table(subjects, k, seed, val_fraction)
-    logger.info("split %d subjects into %d folds (seed %d): sizes %s", len(table["assignment"]), k, seed,
-                [len(f["test"]) for f in table["folds"]])
+    logger.info(
+        "split %d subjects into %d folds (seed %d): sizes %s",
+        len(table["assignment"]),
+        k,
+        seed,
+        [len(f["test"]) for f in table["folds"]],
+    )
     return write_json(table, out)
 
 
@@ -89,3 +93,13 @@ def read_folds(path: str | Path) -> dict[str, Any]:
     if "folds" not in data or "assignment" not in data:
         raise ConfigError("fold file lacks 'folds' or 'assignment'", path=path)
     return data
+
+
+def validation_subset(subjects: Sequence[str], fraction: float, seed: int) -> list[str]:
+    """Seeded subset (``fraction`` of ``subjects``, >= 1 when positive) held out to monitor training."""
+    rest = sorted(str(s) for s in subjects)
+    n_val = max(1, round(fraction * len(rest))) if fraction > 0 and len(rest) > 1 else 0
+    if not n_val:
+        return []
+    rng = np.random.default_rng(int(seed))
+    return sorted(str(s) for s in rng.choice(rest, size=n_val, replace=False))

@@ -1,0 +1,61 @@
+# Audit: cases flagged for human review, and the run manifest (last rule: hashes every output).
+
+
+rule review_list:
+    input:
+        records=get_uncertainty_files,
+    output:
+        table=report(
+            "results/audit/flagged_cases.tsv",
+            caption="../report/review_list.rst",
+            category="8. Audit",
+            subcategory="Cases flagged for review",
+        ),
+        html=report(
+            "results/audit/flagged_cases.html",
+            caption="../report/review_list.rst",
+            category="8. Audit",
+            subcategory="Cases flagged for review",
+        ),
+    params:
+        signoff=config.get("review", {}).get("signoff"),
+    log:
+        "logs/review_list/review_list.log",
+    benchmark:
+        "benchmarks/review_list/review_list.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../envs/audit.yaml"
+    script:
+        "../scripts/review_list.py"
+
+
+rule manifest:
+    input:
+        outputs=get_manifest_inputs,
+        sheet=config["subjects"],
+    output:
+        manifest="results/audit/manifest.json",
+        methods="results/audit/software_versions.rst",
+        summary=report(
+            "results/audit/manifest_summary.html",
+            caption="../report/manifest.rst",
+            category="8. Audit",
+            subcategory="Run manifest",
+        ),
+    params:
+        results_dir="results",
+        benchmarks_dir="benchmarks",
+    log:
+        "logs/manifest/manifest.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    conda:
+        "../envs/audit.yaml"
+    script:
+        "../scripts/manifest.py"

@@ -1,0 +1,61 @@
+# Convert: DICOM series -> de-identified NIfTI (dcm2niix), and the human label onto the reference grid.
+
+
+rule convert_sequence:
+    input:
+        dicom=get_dicom_dir,
+    output:
+        image="results/convert/sub-{subject}/sub-{subject}_{sequence}.nii.gz",
+        sidecar="results/convert/sub-{subject}/sub-{subject}_{sequence}.json",
+        deid="results/convert/sub-{subject}/sub-{subject}_{sequence}_deid.tsv",
+        qc=report(
+            "results/convert/sub-{subject}/sub-{subject}_{sequence}_qc.png",
+            caption="../report/convert_sequence.rst",
+            category="1. Conversion",
+            subcategory="DICOM to NIfTI",
+            labels={"subject": "{subject}", "sequence": "{sequence}"},
+        ),
+    params:
+        selector=get_sequence_selector,
+    log:
+        "logs/convert_sequence/sub-{subject}_{sequence}.log",
+    benchmark:
+        "benchmarks/convert_sequence/sub-{subject}_{sequence}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    conda:
+        "../envs/convert.yaml"
+    script:
+        "../scripts/convert_sequence.py"
+
+
+rule convert_label:
+    input:
+        label=get_label_source,
+        reference=get_reference_converted,
+    output:
+        mask="results/convert/sub-{subject}/sub-{subject}_desc-human_mask.nii.gz",
+        sidecar="results/convert/sub-{subject}/sub-{subject}_desc-human_mask.json",
+        qc=report(
+            "results/convert/sub-{subject}/sub-{subject}_desc-human_mask_qc.png",
+            caption="../report/convert_label.rst",
+            category="1. Conversion",
+            subcategory="Human label",
+            labels={"subject": "{subject}"},
+        ),
+    params:
+        roi=config["label"]["rtstruct_roi"],
+    log:
+        "logs/convert_label/sub-{subject}.log",
+    benchmark:
+        "benchmarks/convert_label/sub-{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/convert.yaml"
+    script:
+        "../scripts/convert_label.py"

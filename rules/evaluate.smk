@@ -1,0 +1,65 @@
+# Evaluate: per-subject metrics of the automatic vs the human mask on the native grid, then the
+# summary over subjects (mean, SD, median, seeded bootstrap CI), box plots and best/median/worst cases.
+
+
+rule evaluate_subject:
+    input:
+        auto="results/postprocess/sub-{subject}/sub-{subject}_desc-auto_mask.nii.gz",
+        human="results/convert/sub-{subject}/sub-{subject}_desc-human_mask.nii.gz",
+    output:
+        metrics="results/evaluate/sub-{subject}/sub-{subject}_metrics.tsv",
+    params:
+        labels={config["label"]["name"]: 1},
+    log:
+        "logs/evaluate_subject/sub-{subject}.log",
+    benchmark:
+        "benchmarks/evaluate_subject/sub-{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/evaluate.yaml"
+    script:
+        "../scripts/evaluate_subject.py"
+
+
+rule evaluate_summary:
+    input:
+        tables=get_all_subject_metrics,
+        qc=get_all_postprocess_qc,
+    output:
+        metrics="results/evaluate/metrics.tsv",
+        summary=report(
+            "results/evaluate/summary.tsv",
+            caption="../report/evaluate_summary.rst",
+            category="5. Evaluation",
+            subcategory="Summary table",
+        ),
+        plot=report(
+            "results/evaluate/metrics_boxplot.png",
+            caption="../report/evaluate_summary.rst",
+            category="5. Evaluation",
+            subcategory="Metrics per subject",
+        ),
+        cases=report(
+            "results/evaluate/cases_best_median_worst.png",
+            caption="../report/evaluate_summary.rst",
+            category="5. Evaluation",
+            subcategory="Best, median and worst case",
+        ),
+    params:
+        seed=config["seed"],
+        n_boot=config["stats"]["bootstrap"],
+    log:
+        "logs/evaluate_summary/evaluate_summary.log",
+    benchmark:
+        "benchmarks/evaluate_summary/evaluate_summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/evaluate.yaml"
+    script:
+        "../scripts/evaluate_summary.py"

@@ -1,0 +1,81 @@
+# Postprocess: the predicted label map back onto the native reference grid, cleaned per class
+# (components, holes, morphology); optional nnU-Net-style largest-component decision; DICOM-SEG export.
+
+
+rule postprocess:
+    input:
+        pred="results/predict/sub-{subject}/sub-{subject}_pred.nii.gz",
+        reference=get_reference_converted,
+        human=get_postprocess_human_mask,
+        decision=get_postprocess_decision,
+    output:
+        mask="results/postprocess/sub-{subject}/sub-{subject}_desc-auto_mask.nii.gz",
+        sidecar="results/postprocess/sub-{subject}/sub-{subject}_desc-auto_mask.json",
+        qc=report(
+            "results/postprocess/sub-{subject}/sub-{subject}_qc.png",
+            caption="../report/postprocess.rst",
+            category="4. Postprocessing",
+            subcategory="Automatic mask on the native grid",
+            labels={"subject": "{subject}"},
+        ),
+    params:
+        settings=config["postprocess"],
+    log:
+        "logs/postprocess/sub-{subject}.log",
+    benchmark:
+        "benchmarks/postprocess/sub-{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/evaluate.yaml"
+    script:
+        "../scripts/postprocess.py"
+
+
+rule postprocess_decision:
+    input:
+        preds=get_decision_predictions,
+        labels=get_decision_labels,
+    output:
+        decision="results/postprocess/largest_component_decision.json",
+    params:
+        labels={config["label"]["name"]: 1},
+        connectivity=config["postprocess"]["connectivity"],
+    log:
+        "logs/postprocess_decision/postprocess_decision.log",
+    benchmark:
+        "benchmarks/postprocess_decision/postprocess_decision.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/evaluate.yaml"
+    script:
+        "../scripts/postprocess_decision.py"
+
+
+rule export_dicom_seg:
+    input:
+        mask="results/postprocess/sub-{subject}/sub-{subject}_desc-auto_mask.nii.gz",
+        dicom=get_dicom_dir,
+        reference=get_reference_converted,
+    output:
+        seg="results/postprocess/sub-{subject}/sub-{subject}_desc-auto_mask.dcm",
+        sidecar="results/postprocess/sub-{subject}/sub-{subject}_desc-auto_mask.dcm.json",
+    params:
+        label_name=config["label"]["name"],
+    log:
+        "logs/export_dicom_seg/sub-{subject}.log",
+    benchmark:
+        "benchmarks/export_dicom_seg/sub-{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/evaluate.yaml"
+    script:
+        "../scripts/export_dicom_seg.py"

@@ -1,0 +1,44 @@
+# Reproducibility of radiomics features between the human and the automatic masks:
+# Lin's CCC (bootstrap CI), ICC(3,1) and ICC(2,1) (pingouin), Bland-Altman, retention per class.
+
+
+rule reproducibility:
+    input:
+        features="results/radiomics/features.tsv",
+    output:
+        table=report(
+            "results/stats/reproducibility.tsv",
+            caption="../report/reproducibility.rst",
+            category="7. Reproducibility",
+            subcategory="Per-feature agreement",
+        ),
+        retention=report(
+            "results/stats/retention_by_class.tsv",
+            caption="../report/reproducibility.rst",
+            category="7. Reproducibility",
+            subcategory="Retention by class",
+        ),
+        plot=report(
+            "results/stats/ccc.png",
+            caption="../report/reproducibility.rst",
+            category="7. Reproducibility",
+            subcategory="Retention by class",
+        ),
+    params:
+        source_a=config["radiomics"]["sources"][0],
+        source_b=config["radiomics"]["sources"][1],
+        cutoff=config["stats"]["ccc_cutoff"],
+        n_boot=config["stats"]["bootstrap"],
+        seed=config["seed"],
+    log:
+        "logs/reproducibility/reproducibility.log",
+    benchmark:
+        "benchmarks/reproducibility/reproducibility.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../envs/radiomics.yaml"
+    script:
+        "../scripts/reproducibility.py"

@@ -1,0 +1,14 @@
+"""Snakemake adapter: the human label (NIfTI, RTSTRUCT or DICOM-SEG) onto the reference image grid."""
+
+from medpipe.dicom.labels import import_label
+from medpipe.logutil import script_logging
+
+with script_logging(snakemake.log[0]):
+    import_label(
+        snakemake.input.label,
+        snakemake.input.reference,
+        snakemake.output.mask,
+        subject=snakemake.wildcards.subject,
+        roi_pattern=snakemake.params.roi,
+        out_qc=snakemake.output.qc,
+    )

@@ -1,0 +1,15 @@
+"""Snakemake adapter: all per-subject metrics, their summary, box plots and best/median/worst cases."""
+from medpipe.logutil import script_logging
+from medpipe.metrics import summarise
+
+with script_logging(snakemake.log[0]):
+    summarise(
+        snakemake.input.tables,
+        snakemake.output.metrics,
+        snakemake.output.summary,
+        snakemake.output.plot,
+        seed=snakemake.params.seed,
+        n_boot=snakemake.params.n_boot,
+        qc_images=snakemake.input.qc,
+        out_cases=snakemake.output.cases,
+    )

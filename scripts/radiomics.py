@@ -1,0 +1,13 @@
+"""Snakemake adapter: pyradiomics features of one image inside one mask (IBSI codes, provenance)."""
+from medpipe.logutil import script_logging
+from medpipe.radiomics import extract_features
+
+with script_logging(snakemake.log[0]):
+    extract_features(
+        snakemake.input.image,
+        snakemake.input.mask,
+        snakemake.output.features,
+        subject=snakemake.wildcards.subject,
+        source=snakemake.wildcards.source,
+        params_file=snakemake.input.params,
+    )

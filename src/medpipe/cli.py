@@ -1,0 +1,122 @@
+"""Command-line interface: ``medpipe demo-data`` and ``medpipe audit verify|diff``.
+
+Thin over the package: each sub-command parses its arguments, sets up logging
+(:func:`medpipe.logutil.configure`) and calls one medpipe function. Errors raised as
+:class:`medpipe.errors.MedpipeError` are reported in one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medpipe import __version__
+from medpipe.errors import ConfigError, MedpipeError
+from medpipe.logutil import configure
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("config/config.yaml")
+
+
+def _load_demo_section(path: Path | None) -> dict[str, Any]:
+    """The ``demo:`` section of a config file (empty when no file is given and the default is absent)."""
+    import yaml
+
+    if path is None:
+        if not DEFAULT_CONFIG.is_file():
+            return {}
+        path = DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError("config file not found", path=path)
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config is not valid YAML: {exc}", path=path) from exc
+    section = config.get("demo", {}) if isinstance(config, dict) else {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"'demo' must be a mapping, got {section!r}", path=path)
+    return section
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from medpipe.demo import DemoSettings, generate_demo_cohort
+
+    section = _load_demo_section(args.config)
+    for key, value in (("n_subjects", args.n_subjects), ("seed", args.seed), ("spacing_mm", args.spacing_mm)):
+        if value is not None:
+            section[key] = value
+    settings = DemoSettings.from_config(section)
+    sheet = generate_demo_cohort(args.out, settings, force=args.force)
+    logger.info("subject sheet: %s", sheet)
+    return 0
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from medpipe import audit
+
+    return int(audit.cli_verify(args.results_dir, args.manifest))
+
+
+def _cmd_audit_diff(args: argparse.Namespace) -> int:
+    from medpipe import audit
+
+    return int(audit.cli_diff(args.run_a, args.run_b, args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``medpipe`` argument parser."""
+    parser = argparse.ArgumentParser(prog="medpipe", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"medpipe {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--log-file", type=Path, default=None, help="write the log here instead of stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo-data", help="generate the embedded demo cohort (DICOM + ground truth)",
+        description="Generate the synthetic demo cohort; skipped when OUT already holds it.",
+    )
+    demo.add_argument("--out", type=Path, default=Path("resources/demo"),
+                      help="output folder (resources/demo)")
+    demo.add_argument("--config", type=Path, default=None,
+                      help=f"config file whose 'demo:' section gives the defaults ({DEFAULT_CONFIG})")
+    demo.add_argument("--n-subjects", type=int, default=None,
+                      help="number of subjects (config demo.n_subjects)")
+    demo.add_argument("--seed", type=int, default=None, help="random seed (config demo.seed)")
+    demo.add_argument("--spacing-mm", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                      help="voxel size in mm (config demo.spacing_mm)")
+    demo.add_argument("--force", action="store_true", help="regenerate even when the cohort is up to date")
+    demo.set_defaults(func=_cmd_demo_data)
+
+    audit = sub.add_parser("audit", help="verify or compare pipeline runs")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = audit_sub.add_parser("verify", help="re-hash RESULTS_DIR against its run manifest")
+    verify.add_argument("results_dir", type=Path, metavar="RESULTS_DIR")
+    verify.add_argument("--manifest", type=Path, default=None,
+                        help="run manifest (default: the one inside RESULTS_DIR)")
+    verify.set_defaults(func=_cmd_audit_verify)
+    diff = audit_sub.add_parser("diff", help="compare two runs file by file and stage by stage")
+    diff.add_argument("run_a", type=Path, metavar="RUN_A")
+    diff.add_argument("run_b", type=Path, metavar="RUN_B")
+    diff.add_argument("--out", type=Path, default=None, help="write the comparison report here")
+    diff.set_defaults(func=_cmd_audit_diff)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medpipe`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    configure(args.log_file, level=logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        status: int = args.func(args)
+    except MedpipeError as exc:
+        logger.error("%s", exc)
+        return 2
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
