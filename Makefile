@@ -28,6 +28,8 @@ demo: demo-data
 	@echo "medpipe demo finished. Report: $(CURDIR)/results/report.html"
 
 test: venv
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium could not be installed: the report rendering test will be skipped"
 	source $(BIN)/activate && pytest tests
 
 lint: venv

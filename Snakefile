@@ -11,6 +11,14 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+
+
+localrules:
+    all,
+    manifest,
+    review_list,
+
+
 include: "rules/convert.smk"
 include: "rules/preprocess.smk"
 include: "rules/segment.smk"

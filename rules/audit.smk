@@ -47,7 +47,6 @@ rule manifest:
             subcategory="Run manifest",
         ),
     params:
-        results_dir="results",
         benchmarks_dir="benchmarks",
     log:
         "logs/manifest/manifest.log",

@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 from medpipe.config import load_subject_sheet, validate_config
+from medpipe.review import excluded_subjects
 from medpipe.seg.split import assign_folds
 
 SCHEMAS = Path(workflow.basedir) / "config" / "schemas"
@@ -15,8 +16,9 @@ if config["deterministic"]:
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
     os.environ["PYTHONHASHSEED"] = "0"
 
-SUBJECTS = sorted(SHEET.index)
-LABELLED = sorted(s for s in SUBJECTS if SHEET.loc[s, "label"])
+EXCLUDED = excluded_subjects(config["review"]["signoff"])
+SUBJECTS = sorted(s for s in SHEET.index if s not in EXCLUDED)
+LABELLED = [s for s in SUBJECTS if SHEET.loc[s, "label"]]
 SEQUENCES = list(config["sequences"])
 REF = config["reference_sequence"]
 MOVING = [s for s in SEQUENCES if s != REF]
@@ -113,6 +115,31 @@ def get_fold_model(wildcards):
     return [f"results/train/fold-{k}/model.pt" for k in range(N_FOLDS)]
 
 
+# --- postprocess -----------------------------------------------------------------------------
+
+def get_postprocess_human_mask(wildcards):
+    s = wildcards.subject
+    return f"results/convert/sub-{s}/sub-{s}_desc-human_mask.nii.gz" if s in LABELLED else []
+
+
+def get_postprocess_decision(wildcards):
+    if config["postprocess"]["largest_component"] == "auto":
+        return "results/postprocess/largest_component_decision.json"
+    return []
+
+
+def get_decision_predictions(wildcards):
+    return [f"results/predict/sub-{s}/sub-{s}_pred.nii.gz" for s in LABELLED]
+
+
+def get_decision_labels(wildcards):
+    return [_label_on_grid(s) for s in LABELLED]
+
+
+def get_all_postprocess_qc(wildcards):
+    return [f"results/postprocess/sub-{s}/sub-{s}_qc.png" for s in LABELLED]
+
+
 # --- evaluate / radiomics / stats ------------------------------------------------------------
 
 def get_all_subject_metrics(wildcards):
@@ -137,6 +164,10 @@ def get_all_feature_tables(wildcards):
     ]
 
 
+def get_signoff_file(wildcards):
+    return [config["review"]["signoff"]] if config["review"]["signoff"] else []
+
+
 def get_uncertainty_files(wildcards):
     return [f"results/predict/sub-{s}/sub-{s}_uncertainty.json" for s in SUBJECTS]
 
@@ -146,6 +177,8 @@ def get_uncertainty_files(wildcards):
 def get_final_outputs(wildcards=None):
     """Everything `rule all` asks for except the audit manifest (which hashes all of these)."""
     outs = [f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz" for s in SUBJECTS]
+    if config["postprocess"]["dicom_seg"]:
+        outs += [f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.dcm" for s in SUBJECTS]
     outs += ["results/radiomics/features.tsv", "results/audit/flagged_cases.tsv"]
     if LABELLED:
         outs += ["results/evaluate/summary.tsv"]

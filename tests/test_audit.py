@@ -108,7 +108,7 @@ def test_diff_measures_drift_and_blames_the_first_stage(tmp_path: Path) -> None:
     assert mask["dice"] == {"1": pytest.approx(180 / 210)}
     ckpt = files["train/fold-0/model.pt"]["details"]
     assert ckpt["max_abs_diff"] == pytest.approx(1e-3, rel=1e-4) and ckpt["tensors_compared"] == 2
-    assert list(ckpt["largest"])[0] == "conv.weight"
+    assert next(iter(ckpt["largest"])) == "conv.weight"
     table = files["radiomics/features.tsv"]["details"]
     assert table["column_max_abs_diff"] == {"value": pytest.approx(0.25)}
     assert list(table["rows_largest_diff"]) == ["01 auto original_firstorder_Mean"]

@@ -29,7 +29,7 @@ def test_defaults_are_filled() -> None:
     validate_config(cfg, CONFIG_SCHEMA)
     assert cfg["seed"] == 42 and cfg["deterministic"] is True
     assert cfg["postprocess"]["largest_component"] is True
-    assert cfg["sequences"]["T1w"]["exclude_image_type"] == ["LOCALIZER", "DERIVED"]
+    assert cfg["sequences"]["T1w"]["exclude_image_type"] == ["LOCALIZER", "SCOUT"]
 
 
 def test_every_problem_is_named() -> None:

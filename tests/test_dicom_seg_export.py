@@ -107,3 +107,27 @@ def test_subject_export_picks_the_series_recorded_by_convert(sts001, tmp_path, m
     with pytest.raises(DicomError, match="series_instance_uid"):
         export_subject_dicom_seg(mask_path, patient_dir, reference, tmp_path / "x.dcm", subject="001",
                                  label_name="lesion")
+
+
+def test_planted_phi_does_not_reach_the_segmentation(sts001, tmp_path):
+    series, mask_path = sts001
+    phi = {"PatientName": "Doe^Planted", "PatientID": "PLANTEDID77", "PatientBirthDate": "19010203",
+           "AccessionNumber": "PLANTACC99", "InstitutionName": "Planted General Hospital",
+           "ReferringPhysicianName": "Planted^Referrer", "OperatorsName": "Planted^Operator",
+           "StationName": "PLANTSTATION", "InstitutionalDepartmentName": "Planted Radiology",
+           "StudyDescription": "Planted study of Doe", "PerformingPhysicianName": "Planted^Performer"}
+    planted = tmp_path / "dicom"
+    planted.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for f in sorted((series / "image").iterdir()):
+            ds = pydicom.dcmread(f)
+            for key, value in phi.items():
+                setattr(ds, key, value)
+            ds.save_as(planted / f.name)
+        out = export_dicom_seg(mask_path, [planted], tmp_path / "seg.dcm", subject="007", label_name="lesion")
+    raw = out.read_bytes()
+    leaked = [key for key, value in phi.items() if value.encode() in raw]
+    assert leaked == []
+    assert b"Planted" not in raw and b"PLANT" not in raw
+    assert readback_dice(out, nib.load(mask_path))[0] >= 0.99

@@ -271,3 +271,25 @@ def test_bootstrap_ci_covers_mean_and_is_seeded():
     assert (lo, hi) == bootstrap_ci(v, seed=1)
     assert hi - lo == pytest.approx(2 * 1.96 * v.std(ddof=1) / np.sqrt(v.size), rel=0.2)
     assert all(math.isnan(x) for x in bootstrap_ci(np.array([0.5]), seed=1))
+
+
+def test_empty_cases_in_tables_and_summary(tmp_path):
+    spacing = (1.0, 1.0, 2.0)
+    aff = np.diag([*spacing, 1.0])
+    full, _ = spheres(spacing, CENTRE, 8.0, CENTRE, 8.0, extent=40)
+    empty = np.zeros_like(full)
+    cases = {"001": (full, full), "002": (empty, full), "003": (full, empty), "004": (empty, empty)}
+    tables = []
+    for subject, (a, h) in cases.items():
+        pa = save_nifti(a.astype(np.uint8), aff, tmp_path / f"{subject}_a.nii.gz")
+        ph = save_nifti(h.astype(np.uint8), aff, tmp_path / f"{subject}_h.nii.gz")
+        tables.append(evaluate_pair(pa, ph, tmp_path / f"{subject}.tsv", subject=subject,
+                                    labels={"lesion": 1}))
+    assert "\tNaN\t" in (tmp_path / "002.tsv").read_text()  # undefined distances written explicitly
+    summarise(tables, tmp_path / "m.tsv", tmp_path / "s.tsv", tmp_path / "b.png", seed=0)
+    metrics = read_metrics(tmp_path / "m.tsv").set_index("subject")
+    assert metrics["empty_mask"].to_dict() == {"001": "none", "002": "auto", "003": "human", "004": "both"}
+    assert metrics["dice"].to_dict() == {"001": 1.0, "002": 0.0, "003": 0.0, "004": 1.0}
+    summary = pd.read_csv(tmp_path / "s.tsv", sep="\t").set_index("metric")
+    assert summary.loc["hd95_mm", "n"] == 2 and summary.loc["hd95_mm", "n_missing"] == 2
+    assert summary.loc["dice", "n"] == 4 and summary.loc["dice", "mean"] == 0.5

@@ -79,7 +79,8 @@ def test_manifest_records_every_package(run_dir: dict[str, Path]) -> None:
     for name in ("numpy", "nibabel", "pandas", "snakemake"):
         assert manifest["software"]["packages"][name] == metadata.version(name)
     assert manifest["software"]["medpipe"] == metadata.version("medpipe")
-    assert manifest["software"]["git"]["commit"] == "unknown" or len(manifest["software"]["git"]["commit"]) == 40
+    commit = manifest["software"]["git"]["commit"]
+    assert commit == "unknown" or len(commit) == 40
 
 
 def test_manifest_run_section(run_dir: dict[str, Path]) -> None:

@@ -24,7 +24,8 @@ def _records(root: Path) -> list[Path]:
     for subject, score in (("01", 0.05), ("02", 0.31), ("03", 0.12), ("04", 0.50)):
         path = root / f"results/predict/sub-{subject}/sub-{subject}_uncertainty.json"
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"subject": subject, "score": score, "threshold": 0.2, "flag": score > 0.2}))
+        record = {"subject": subject, "score": score, "threshold": 0.2, "flag": score > 0.2}
+        path.write_text(json.dumps(record))
         out.append(path)
     return out
 
@@ -61,7 +62,8 @@ def test_filled_template_round_trip(tmp_path: Path) -> None:
     # decisions already taken are carried into the next flagged list
     write_flagged_cases(records, tmp_path / "again.tsv", signoff=tmp_path / "signed.tsv")
     again = pd.read_csv(tmp_path / "again.tsv", sep="\t", dtype=str, keep_default_na=False)
-    assert again["decision"].tolist() == ["exclude", "redo"] and again["comment"].tolist() == ["motion", "bad mask"]
+    assert again["decision"].tolist() == ["exclude", "redo"]
+    assert again["comment"].tolist() == ["motion", "bad mask"]
     results = tmp_path / "results"
     (results / "predict/sub-04/sub-04_pred.nii.gz").write_bytes(b"x")
     assert rerun_targets(tmp_path / "signed.tsv", results) == [
@@ -70,8 +72,8 @@ def test_filled_template_round_trip(tmp_path: Path) -> None:
 
 def test_csv_signoff_and_outcome(tmp_path: Path) -> None:
     path = tmp_path / "signoff.csv"
-    path.write_text("subject,stage,decision,comment\n01,skullstrip,redo,cuts cerebellum\n01,predict,exclude,\n"
-                    "02,predict,OK,fine\n03,predict,,not reviewed yet\n")
+    path.write_text("subject,stage,decision,comment\n01,skullstrip,redo,cuts cerebellum\n"
+                    "01,predict,exclude,\n02,predict,OK,fine\n03,predict,,not reviewed yet\n")
     outcome = summarise_signoff(read_signoff(path))
     assert outcome.excluded == ["01"]
     assert outcome.rerun == []  # exclusion wins over re-running the same subject

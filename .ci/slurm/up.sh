@@ -149,6 +149,8 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6819
 JobCompType=jobcomp/none
+# Keep the comment the plugin gives each job (rule_<rule>_wildcards_...) in the accounting database.
+AccountingStoreFlags=job_comment
 $node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF

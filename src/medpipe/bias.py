@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 #: Defaults of ``config["preprocess"]["n4"]``.
 DEFAULTS: dict[str, Any] = {
-    "shrink_factor": 2,
-    "convergence_iters": [50, 50, 30],
+    "shrink_factor": 4,
+    "convergence_iters": [50, 50, 50, 50],
     "convergence_tol": 1e-7,
     "spline_distance_mm": 200.0,
     "mask": "otsu",
@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
 def foreground_mask(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     """Head/body mask: Otsu threshold, hole filling and the largest connected component (SimpleITK, cc3d)."""
     import cc3d
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813
     from scipy import ndimage
 
     data = np.asarray(image, dtype=np.float32)
@@ -51,8 +51,16 @@ def foreground_mask(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     return np.asarray(filled, dtype=np.uint8)
 
 
-def n4_correct(image: str | Path, out_image: str | Path, out_field: str | Path, out_qc: str | Path, *,
-               subject: str, settings: Mapping[str, Any], seed: int) -> Path:
+def n4_correct(
+    image: str | Path,
+    out_image: str | Path,
+    out_field: str | Path,
+    out_qc: str | Path,
+    *,
+    subject: str,
+    settings: Mapping[str, Any],
+    seed: int,
+) -> Path:
     """Correct the intensity bias of ``image`` with ANTs N4 and save the estimated field.
 
     Parameters
@@ -90,8 +98,10 @@ def n4_correct(image: str | Path, out_image: str | Path, out_field: str | Path, 
     data = np.asarray(img.dataobj, dtype=np.float32)
     check_finite(data, subject=subject, path=image)
     if float(data.min()) < 0:
-        logger.warning("image has negative values (min %.3g); N4 works on log intensities, shifting to >= 0",
-                       float(data.min()))
+        logger.warning(
+            "image has negative values (min %.3g); N4 works on log intensities, shifting to >= 0",
+            float(data.min()),
+        )
         data = data - float(data.min())
     if not np.any(data > 0):
         raise DataError("image is empty (no positive voxels); N4 cannot run", subject=subject, path=image)
@@ -101,24 +111,53 @@ def n4_correct(image: str | Path, out_image: str | Path, out_field: str | Path, 
     ants_mask = ants_img.new_image_like(mask.astype(np.float32))
     ants_deterministic(seed)
     field = ants.n4_bias_field_correction(
-        ants_img, mask=ants_mask, shrink_factor=int(s["shrink_factor"]),
+        ants_img,
+        mask=ants_mask,
+        shrink_factor=int(s["shrink_factor"]),
         convergence={"iters": [int(v) for v in s["convergence_iters"]], "tol": float(s["convergence_tol"])},
-        spline_param=float(s["spline_distance_mm"]), return_bias_field=True,
+        spline_param=float(s["spline_distance_mm"]),
+        return_bias_field=True,
     ).numpy()
     if not np.all(np.isfinite(field)) or float(field.min()) <= 0:
-        raise DataError("N4 returned an invalid bias field (non-finite or non-positive)", subject=subject,
-                        path=image)
+        raise DataError(
+            "N4 returned an invalid bias field (non-finite or non-positive)", subject=subject, path=image
+        )
     corrected = (data / field).astype(np.float32)
     save_like(corrected, grid, out_image, dtype=np.float32)
     save_like(field.astype(np.float32), grid, out_field, dtype=np.float32)
-    check_same_grid(geometry_of(load_nifti(out_image, subject=subject)), grid, what="N4 output vs input",
-                    subject=subject, path=out_image)
-    save_image_panel(field, out_qc, spacing=grid.spacing, cmap="magma",
-                     title=f"sub-{subject}: N4 bias field of {Path(image).name.split('.')[0]}")
+    check_same_grid(
+        geometry_of(load_nifti(out_image, subject=subject)),
+        grid,
+        what="N4 output vs input",
+        subject=subject,
+        path=out_image,
+    )
+    save_image_panel(
+        field,
+        out_qc,
+        spacing=grid.spacing,
+        cmap="magma",
+        title=f"sub-{subject}: N4 bias field of {Path(image).name.split('.')[0]}",
+    )
     params = {**s, "seed": int(seed)}
-    write_sidecar(out_image, stage="n4", subject=subject, inputs=[image], parameters=params, geometry=grid,
-                  packages=["antspyx"], extra={"bias_field": Path(out_field).name})
-    write_sidecar(out_field, stage="n4", subject=subject, inputs=[image], parameters=params, geometry=grid,
-                  packages=["antspyx"])
+    write_sidecar(
+        out_image,
+        stage="n4",
+        subject=subject,
+        inputs=[image],
+        parameters=params,
+        geometry=grid,
+        packages=["antspyx"],
+        extra={"bias_field": Path(out_field).name},
+    )
+    write_sidecar(
+        out_field,
+        stage="n4",
+        subject=subject,
+        inputs=[image],
+        parameters=params,
+        geometry=grid,
+        packages=["antspyx"],
+    )
     logger.info("N4: field range %.3f-%.3f", float(field.min()), float(field.max()))
     return Path(out_image)

@@ -8,6 +8,7 @@ Thin over the package: each sub-command parses its arguments, sets up logging
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,14 +57,12 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    from medpipe import audit
-
+    audit = importlib.import_module("medpipe.audit")  # imported here: heavy, and optional for demo-data
     return int(audit.cli_verify(args.results_dir, args.manifest))
 
 
 def _cmd_audit_diff(args: argparse.Namespace) -> int:
-    from medpipe import audit
-
+    audit = importlib.import_module("medpipe.audit")
     return int(audit.cli_diff(args.run_a, args.run_b, args.out))
 
 

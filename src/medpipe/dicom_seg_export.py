@@ -236,11 +236,15 @@ def _make_reproducible(seg: pydicom.Dataset, source: pydicom.Dataset, dimension_
 
 
 def _deidentify(ds: pydicom.Dataset, subject: str) -> None:
+    """Patient Name/ID := subject; identifying attributes emptied or removed, in nested sequences too."""
     ds.PatientName = subject
     ds.PatientID = subject
     for key in _EMPTIED:
         if key in ds:
             setattr(ds, key, "")
-    for key in _REMOVED:
-        if key in ds:
-            delattr(ds, key)
+
+    def remove(dataset: pydicom.Dataset, element: pydicom.DataElement) -> None:
+        if element.keyword in _REMOVED:
+            del dataset[element.tag]
+
+    ds.walk(remove)

@@ -41,11 +41,11 @@ DEFAULTS: dict[str, Any] = {
     "shrink_factors": [6, 4, 2, 1],
     "smoothing_sigmas": [3, 2, 1, 0],
     "sampling_rate": 0.2,
-    "initialization": "identity",
+    "initialization": "moments",
 }
 _TRANSFORMS = ("Rigid", "Affine")
 _METRICS = ("mattes", "MI", "GC", "meansquares")
-_INITIALIZATIONS = ("identity", "geometry")
+_INITIALIZATIONS = ("moments", "geometry", "identity")
 
 
 @dataclass(frozen=True)
@@ -73,18 +73,25 @@ class TemplateTransforms:
 def _settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     merged = {**DEFAULTS, **dict(settings)}
     if merged["transform"] not in _TRANSFORMS:
-        raise MedpipeError(f"preprocess.coregister.transform must be one of {_TRANSFORMS}, "
-                           f"got {merged['transform']!r}")
+        raise MedpipeError(
+            f"preprocess.coregister.transform must be one of {_TRANSFORMS}, got {merged['transform']!r}"
+        )
     if merged["metric"] not in _METRICS:
-        raise MedpipeError(f"preprocess.coregister.metric must be one of {_METRICS}, got {merged['metric']!r}")
+        raise MedpipeError(
+            f"preprocess.coregister.metric must be one of {_METRICS}, got {merged['metric']!r}"
+        )
     if merged["initialization"] not in _INITIALIZATIONS:
-        raise MedpipeError(f"preprocess.coregister.initialization must be one of {_INITIALIZATIONS}, "
-                           f"got {merged['initialization']!r}")
+        raise MedpipeError(
+            f"preprocess.coregister.initialization must be one of {_INITIALIZATIONS}, "
+            f"got {merged['initialization']!r}"
+        )
     n = len(merged["iterations"])
     if not len(merged["shrink_factors"]) == len(merged["smoothing_sigmas"]) == n:
-        raise MedpipeError("preprocess.coregister: iterations, shrink_factors and smoothing_sigmas need "
-                           f"the same length, got {merged['iterations']}, {merged['shrink_factors']}, "
-                           f"{merged['smoothing_sigmas']}")
+        raise MedpipeError(
+            "preprocess.coregister: iterations, shrink_factors and smoothing_sigmas need "
+            f"the same length, got {merged['iterations']}, {merged['shrink_factors']}, "
+            f"{merged['smoothing_sigmas']}"
+        )
     return merged
 
 
@@ -96,25 +103,38 @@ def _load_checked(path: str | Path, subject: str) -> nib.Nifti1Image:
     return img
 
 
-def _initial_transform(fixed: Any, moving: Any, how: str, workdir: Path) -> list[str]:
-    """Initial moving transform: identity (shared world coordinates) or aligned grid centres."""
+def _initial_transform(fixed: Any, moving: Any, how: str, workdir: Path) -> list[str] | None:
+    """Initial moving transform: centres of mass (ANTs default), aligned grid centres, or identity."""
     import ants
 
+    if how == "moments":
+        return None
     if how == "identity":
         return ["Identity"]
     centre_f = np.asarray(fixed.origin) + np.asarray(fixed.direction) @ (
-        np.asarray(fixed.spacing) * (np.asarray(fixed.shape) - 1) / 2)
+        np.asarray(fixed.spacing) * (np.asarray(fixed.shape) - 1) / 2
+    )
     centre_m = np.asarray(moving.origin) + np.asarray(moving.direction) @ (
-        np.asarray(moving.spacing) * (np.asarray(moving.shape) - 1) / 2)
-    tx = ants.create_ants_transform(transform_type="Euler3DTransform", dimension=3,
-                                    translation=tuple(float(v) for v in centre_m - centre_f))
+        np.asarray(moving.spacing) * (np.asarray(moving.shape) - 1) / 2
+    )
+    tx = ants.create_ants_transform(
+        transform_type="Euler3DTransform",
+        dimension=3,
+        translation=tuple(float(v) for v in centre_m - centre_f),
+    )
     path = workdir / "init.mat"
     ants.write_transform(tx, str(path))
     return [str(path)]
 
 
-def register_linear(fixed: nib.Nifti1Image, moving: nib.Nifti1Image, settings: Mapping[str, Any], *,
-                    seed: int, workdir: str | Path) -> tuple[np.ndarray, str]:
+def register_linear(
+    fixed: nib.Nifti1Image,
+    moving: nib.Nifti1Image,
+    settings: Mapping[str, Any],
+    *,
+    seed: int,
+    workdir: str | Path,
+) -> tuple[np.ndarray, str]:
     """Rigid/affine ANTs registration of in-memory images.
 
     Parameters
@@ -124,8 +144,9 @@ def register_linear(fixed: nib.Nifti1Image, moving: nib.Nifti1Image, settings: M
     settings
         ``transform``, ``metric``, ``iterations``, ``shrink_factors``, ``smoothing_sigmas``,
         ``sampling_rate``, ``initialization`` (see :data:`DEFAULTS`). ``initialization``:
-        ``identity`` trusts the shared world coordinates of series from one session (DICOM frame
-        of reference); ``geometry`` first aligns the centres of the two fields of view.
+        ``moments`` (ANTs' default) aligns the intensity centres of mass first (robust for MR
+        sequences, poor for CT whose air is negative); ``geometry`` aligns the centres of the two
+        fields of view; ``identity`` trusts the world coordinates (one session, one frame of reference).
     seed
         Seed of ANTs' random metric sampling.
     workdir
@@ -146,17 +167,31 @@ def register_linear(fixed: nib.Nifti1Image, moving: nib.Nifti1Image, settings: M
     # antspyx 0.6.3 refuses non-"Repro" presets when its deterministic flag was set at import time;
     # the seeded --random-seed (read at call time) plus one ITK thread is what makes runs repeatable.
     result = ants.registration(
-        fixed=fixed_ants, moving=moving_ants, type_of_transform=s["transform"], initial_transform=initial,
-        aff_metric=s["metric"], aff_iterations=tuple(int(v) for v in s["iterations"]),
+        fixed=fixed_ants,
+        moving=moving_ants,
+        type_of_transform=s["transform"],
+        initial_transform=initial,
+        aff_metric=s["metric"],
+        aff_iterations=tuple(int(v) for v in s["iterations"]),
         aff_shrink_factors=tuple(int(v) for v in s["shrink_factors"]),
         aff_smoothing_sigmas=tuple(int(v) for v in s["smoothing_sigmas"]),
-        aff_random_sampling_rate=float(s["sampling_rate"]), outprefix=str(Path(workdir) / "reg_"),
+        aff_random_sampling_rate=float(s["sampling_rate"]),
+        outprefix=str(Path(workdir) / "reg_"),
     )
     return result["warpedmovout"].numpy(), result["fwdtransforms"][0]
 
 
-def coregister(moving: str | Path, fixed: str | Path, out_image: str | Path, out_transform: str | Path,
-               out_qc: str | Path, *, subject: str, settings: Mapping[str, Any], seed: int) -> Path:
+def coregister(
+    moving: str | Path,
+    fixed: str | Path,
+    out_image: str | Path,
+    out_transform: str | Path,
+    out_qc: str | Path,
+    *,
+    subject: str,
+    settings: Mapping[str, Any],
+    seed: int,
+) -> Path:
     """Co-register ``moving`` to ``fixed`` (ANTs rigid/affine, mutual information).
 
     Parameters
@@ -189,17 +224,39 @@ def coregister(moving: str | Path, fixed: str | Path, out_image: str | Path, out
         with atomic_path(out_transform, suffix=".mat") as dst:
             shutil.copyfile(mat, dst)
     if tuple(moved.shape) != tuple(grid.shape):
-        raise DataError(f"registered image has shape {moved.shape}, expected the fixed grid {grid.shape}",
-                        subject=subject, path=moving)
+        raise DataError(
+            f"registered image has shape {moved.shape}, expected the fixed grid {grid.shape}",
+            subject=subject,
+            path=moving,
+        )
     save_like(moved.astype(np.float32), grid, out_image, dtype=np.float32)
-    check_same_grid(geometry_of(load_nifti(out_image, subject=subject)), grid, what="registered vs fixed",
-                    subject=subject, path=out_image)
-    save_checkerboard(np.asarray(fixed_img.dataobj), moved, out_qc, spacing=grid.spacing,
-                      title=f"sub-{subject}: {Path(moving).name.split('.')[0]} on {Path(fixed).name.split('.')[0]}")
-    write_sidecar(out_image, stage="coregister", subject=subject, inputs=[moving, fixed],
-                  parameters={**_settings(settings), "seed": int(seed)}, geometry=grid, packages=["antspyx"],
-                  extra={"transform_file": Path(out_transform).name})
-    logger.info("co-registered %s to %s (%s)", Path(moving).name, Path(fixed).name, _settings(settings)["transform"])
+    check_same_grid(
+        geometry_of(load_nifti(out_image, subject=subject)),
+        grid,
+        what="registered vs fixed",
+        subject=subject,
+        path=out_image,
+    )
+    save_checkerboard(
+        np.asarray(fixed_img.dataobj),
+        moved,
+        out_qc,
+        spacing=grid.spacing,
+        title=f"sub-{subject}: {Path(moving).name.split('.')[0]} on {Path(fixed).name.split('.')[0]}",
+    )
+    write_sidecar(
+        out_image,
+        stage="coregister",
+        subject=subject,
+        inputs=[moving, fixed],
+        parameters={**_settings(settings), "seed": int(seed)},
+        geometry=grid,
+        packages=["antspyx"],
+        extra={"transform_file": Path(out_transform).name},
+    )
+    logger.info(
+        "co-registered %s to %s (%s)", Path(moving).name, Path(fixed).name, _settings(settings)["transform"]
+    )
     return Path(out_image)
 
 
@@ -213,9 +270,16 @@ def apply_transform_to_points(points_ras: np.ndarray, transform: str | Path) -> 
     return moved.reshape(-1, 3) * np.array([-1.0, -1.0, 1.0])
 
 
-def register_to_template(image: str | Path, template: str | Path, out_prefix: str | Path, *, subject: str,
-                         seed: int, syn_iterations: Sequence[int] = (40, 20, 0),
-                         out_qc: str | Path | None = None) -> TemplateTransforms:
+def register_to_template(
+    image: str | Path,
+    template: str | Path,
+    out_prefix: str | Path,
+    *,
+    subject: str,
+    seed: int,
+    syn_iterations: Sequence[int] = (40, 20, 0),
+    out_qc: str | Path | None = None,
+) -> TemplateTransforms:
     """Affine + SyN registration of ``image`` to ``template``; forward and inverse transforms are saved.
 
     Parameters
@@ -246,30 +310,49 @@ def register_to_template(image: str | Path, template: str | Path, out_prefix: st
     img = _load_checked(image, subject)
     tpl = _load_checked(template, subject)
     prefix = str(out_prefix)
-    files = TemplateTransforms(Path(prefix + "_affine.mat"), Path(prefix + "_warp.nii.gz"),
-                               Path(prefix + "_inversewarp.nii.gz"))
+    files = TemplateTransforms(
+        Path(prefix + "_affine.mat"), Path(prefix + "_warp.nii.gz"), Path(prefix + "_inversewarp.nii.gz")
+    )
     ants_deterministic(seed)
     with tempfile.TemporaryDirectory(prefix="medpipe-tpl-") as tmp:
-        result = ants.registration(fixed=nib_to_ants(tpl), moving=nib_to_ants(img), type_of_transform="SyN",
-                                   reg_iterations=tuple(int(v) for v in syn_iterations),
-                                   outprefix=str(Path(tmp) / "tpl_"))
+        result = ants.registration(
+            fixed=nib_to_ants(tpl),
+            moving=nib_to_ants(img),
+            type_of_transform="SyN",
+            reg_iterations=tuple(int(v) for v in syn_iterations),
+            outprefix=str(Path(tmp) / "tpl_"),
+        )
         fwd = result["fwdtransforms"]
         inv = result["invtransforms"]
-        sources = {files.warp: next(f for f in fwd if f.endswith("Warp.nii.gz")),
-                   files.affine: next(f for f in fwd if f.endswith(".mat")),
-                   files.inverse_warp: next(f for f in inv if f.endswith("InverseWarp.nii.gz"))}
+        sources = {
+            files.warp: next(f for f in fwd if f.endswith("Warp.nii.gz")),
+            files.affine: next(f for f in fwd if f.endswith(".mat")),
+            files.inverse_warp: next(f for f in inv if f.endswith("InverseWarp.nii.gz")),
+        }
         for dst, src in sources.items():
             with atomic_path(dst) as tmp_dst:
                 shutil.copyfile(src, tmp_dst)
         if out_qc is not None:
-            save_checkerboard(np.asarray(tpl.dataobj), result["warpedmovout"].numpy(), out_qc,
-                              spacing=geometry_of(tpl).spacing, title=f"sub-{subject}: image on template")
+            save_checkerboard(
+                np.asarray(tpl.dataobj),
+                result["warpedmovout"].numpy(),
+                out_qc,
+                spacing=geometry_of(tpl).spacing,
+                title=f"sub-{subject}: image on template",
+            )
     logger.info("registered %s to template %s", Path(image).name, Path(template).name)
     return files
 
 
-def mask_to_native(mask: str | Path, native: str | Path, transforms: TemplateTransforms, out: str | Path, *,
-                   subject: str, out_qc: str | Path | None = None) -> Path:
+def mask_to_native(
+    mask: str | Path,
+    native: str | Path,
+    transforms: TemplateTransforms,
+    out: str | Path,
+    *,
+    subject: str,
+    out_qc: str | Path | None = None,
+) -> Path:
     """Bring a template-space mask back onto the subject's native grid (inverse transforms, label-aware).
 
     Parameters
@@ -297,22 +380,38 @@ def mask_to_native(mask: str | Path, native: str | Path, transforms: TemplateTra
     native_img = _load_checked(native, subject)
     mask_img = _load_checked(mask, subject)
     grid: Geometry = geometry_of(native_img)
-    warped = ants.apply_transforms(fixed=nib_to_ants(native_img), moving=nib_to_ants(mask_img),
-                                   transformlist=transforms.inverse,
-                                   whichtoinvert=list(transforms.inverse_invert), interpolator="genericLabel")
+    warped = ants.apply_transforms(
+        fixed=nib_to_ants(native_img),
+        moving=nib_to_ants(mask_img),
+        transformlist=transforms.inverse,
+        whichtoinvert=list(transforms.inverse_invert),
+        interpolator="genericLabel",
+    )
     data = np.rint(ants_to_nib(warped).get_fdata()).astype(np.uint8)
     save_like(data, grid, out, dtype=np.uint8)
     if out_qc is not None:
-        save_overlay(np.asarray(native_img.dataobj), {"mask": data}, out_qc, spacing=grid.spacing,
-                     title=f"sub-{subject}: template mask in native space")
-    write_sidecar(out, stage="mask_to_native", subject=subject,
-                  inputs=[mask, native, transforms.affine, transforms.inverse_warp],
-                  parameters={"interpolator": "genericLabel"}, geometry=grid, packages=["antspyx"])
+        save_overlay(
+            np.asarray(native_img.dataobj),
+            {"mask": data},
+            out_qc,
+            spacing=grid.spacing,
+            title=f"sub-{subject}: template mask in native space",
+        )
+    write_sidecar(
+        out,
+        stage="mask_to_native",
+        subject=subject,
+        inputs=[mask, native, transforms.affine, transforms.inverse_warp],
+        parameters={"interpolator": "genericLabel"},
+        geometry=grid,
+        packages=["antspyx"],
+    )
     return Path(out)
 
 
-def apply_linear_transform(moving: nib.Nifti1Image, fixed: nib.Nifti1Image, transform: str | Path, *,
-                           interpolation: str = "linear") -> np.ndarray:
+def apply_linear_transform(
+    moving: nib.Nifti1Image, fixed: nib.Nifti1Image, transform: str | Path, *, interpolation: str = "linear"
+) -> np.ndarray:
     """Resample ``moving`` onto ``fixed``'s grid through an ANTs linear transform (fixed -> moving points).
 
     ``interpolation`` is ``"linear"`` for images or ``"label"`` (ANTs ``genericLabel``) for masks.
@@ -322,7 +421,11 @@ def apply_linear_transform(moving: nib.Nifti1Image, fixed: nib.Nifti1Image, tran
     interp = {"linear": "linear", "label": "genericLabel"}
     if interpolation not in interp:
         raise ValueError(f"interpolation must be one of {tuple(interp)}, got {interpolation!r}")
-    out = ants.apply_transforms(fixed=nib_to_ants(fixed), moving=nib_to_ants(moving),
-                                transformlist=[str(transform)], interpolator=interp[interpolation])
+    out = ants.apply_transforms(
+        fixed=nib_to_ants(fixed),
+        moving=nib_to_ants(moving),
+        transformlist=[str(transform)],
+        interpolator=interp[interpolation],
+    )
     data: np.ndarray = out.numpy()
     return np.rint(data).astype(np.uint8) if interpolation == "label" else data

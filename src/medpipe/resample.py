@@ -74,7 +74,7 @@ def target_grid(reference: Geometry, spacing_mm: Sequence[float] | None) -> Geom
 
 
 def _to_sitk(data: npt.NDArray[Any], geometry: Geometry) -> Any:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813
 
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0)))
     m = _LPS @ geometry.affine
@@ -85,9 +85,10 @@ def _to_sitk(data: npt.NDArray[Any], geometry: Geometry) -> Any:
     return img
 
 
-def _resample_channel(data: npt.NDArray[Any], source: Geometry, target: Geometry, interpolator: int,
-                      default_value: float) -> npt.NDArray[np.float64]:
-    import SimpleITK as sitk
+def _resample_channel(
+    data: npt.NDArray[Any], source: Geometry, target: Geometry, interpolator: int, default_value: float
+) -> npt.NDArray[np.float64]:
+    import SimpleITK as sitk  # noqa: N813
 
     moving = _to_sitk(np.asarray(data, dtype=np.float64), source)
     ref = _to_sitk(np.zeros(target.shape[:3], dtype=np.uint8), target)
@@ -125,7 +126,7 @@ def resample_to_grid(
     numpy.ndarray
         Array on ``target``: float64 for intensities, the input's integer type for masks.
     """
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813
 
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
@@ -154,8 +155,10 @@ def resample_to_grid(
     result = np.zeros(target.shape[:3], dtype=data.dtype)
     if not classes:
         return result
-    weights = [_resample_channel((data == v).astype(np.float64), source, target, sitk.sitkLinear, 0.0)
-               for v in classes]
+    weights = [
+        _resample_channel((data == v).astype(np.float64), source, target, sitk.sitkLinear, 0.0)
+        for v in classes
+    ]
     stack = np.stack([1.0 - np.sum(weights, axis=0), *weights])
     winner = np.argmax(stack, axis=0)
     for idx, value in enumerate(classes, start=1):
@@ -211,12 +214,28 @@ def resample_label_like(label: str | Path, reference: str | Path, out: str | Pat
     target = geometry_of(ref_img)
     resampled = resample_to_grid(labels, target, interpolation="label", source=geometry_of(lab_img))
     if np.any(labels) and not np.any(resampled):
-        raise DataError("label vanished when resampled onto the reference grid (too small for its spacing?)",
-                        subject=subject, path=label)
+        raise DataError(
+            "label vanished when resampled onto the reference grid (too small for its spacing?)",
+            subject=subject,
+            path=label,
+        )
     save_like(resampled.astype(np.uint8), target, out, dtype=np.uint8)
-    check_same_grid(geometry_of(load_nifti(out, subject=subject)), target, what="resampled label vs reference",
-                    subject=subject, path=out)
-    write_sidecar(out, stage="resample_label", subject=subject, inputs=[label, reference],
-                  parameters={"interpolation": "label (linear one-hot, argmax / >= 0.5)"}, geometry=target)
-    logger.info("label %s -> grid %s (%d voxels)", Path(label).name, target.shape, int(np.count_nonzero(resampled)))
+    check_same_grid(
+        geometry_of(load_nifti(out, subject=subject)),
+        target,
+        what="resampled label vs reference",
+        subject=subject,
+        path=out,
+    )
+    write_sidecar(
+        out,
+        stage="resample_label",
+        subject=subject,
+        inputs=[label, reference],
+        parameters={"interpolation": "label (linear one-hot, argmax / >= 0.5)"},
+        geometry=target,
+    )
+    logger.info(
+        "label %s -> grid %s (%d voxels)", Path(label).name, target.shape, int(np.count_nonzero(resampled))
+    )
     return Path(out)

@@ -241,7 +241,8 @@ def plot_ccc(table: pd.DataFrame, out: str | Path, *, cutoff: float, title: str)
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
     palette = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red")
     colours = dict(zip(CLASSES, palette, strict=True))
-    for name, part in ok.groupby("class", sort=True):
+    groups = sorted(ok.groupby("class", sort=True), key=lambda g: -len(g[1]))  # small classes on top
+    for name, part in groups:
         colour = colours.get(str(name), "tab:gray")
         ax.vlines(part.index, part["ccc_ci_low"], part["ccc_ci_high"], color=colour, alpha=0.25, lw=0.8)
         ax.scatter(part.index, part["ccc"], s=6, color=colour, label=f"{name} ({len(part)})")

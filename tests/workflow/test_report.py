@@ -65,7 +65,8 @@ rule stage:
         Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(output.png)
         score = 0.1 * int(wildcards.subject)
         with open(output.record, "w") as fh:
-            json.dump({"subject": wildcards.subject, "score": score, "threshold": 0.15, "flag": score > 0.15}, fh)
+            record = {"subject": wildcards.subject, "score": score, "threshold": 0.15, "flag": score > 0.15}
+            json.dump(record, fh)
 '''
 
 
@@ -154,7 +155,8 @@ def test_report_renders_in_headless_chromium(workdir: Path, chromium: str, tmp_p
                          capture_output=True, text=True, timeout=120, check=False)
     assert dom.returncode == 0, dom.stderr[-3000:]
     (out / "dom.html").write_text(dom.stdout)
-    console_errors = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln and re.search(r"Uncaught|Error", ln)]
+    console_errors = [ln for ln in dom.stderr.splitlines()
+                      if "CONSOLE" in ln and re.search(r"Uncaught|Error", ln)]
     assert console_errors == []
     pixels = np.asarray(Image.open(out / "report.png").convert("RGB"), dtype=np.int16)
     assert pixels.shape[:2] == (1000, 1400)

@@ -10,6 +10,7 @@ the same RAS affine (DICOM is LPS).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,13 @@ def make_grid(spacing_mm: tuple[float, float, float]) -> DemoGrid:
 
 
 def demo_uid(*parts: object) -> str:
-    """Deterministic DICOM UID (``2.25.<int>``) from the given parts."""
-    return str(generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts]))
+    """Deterministic DICOM UID ``2.25.<128-bit int>`` (the UUID-derived root) hashed from ``parts``.
+
+    ``pydicom.uid.generate_uid(prefix=None)`` ignores its entropy sources (it returns a random
+    UUID), so the hash is taken here.
+    """
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
 def dicom_geometry(grid: DemoGrid) -> tuple[list[float], F64, list[float]]:

@@ -140,6 +140,8 @@ _PLACEHOLDERS = frozenset(
     {"", "NONE", "UNKNOWN", "ANONYMOUS", "ANON", "N/A", "NA", "NULL", "REMOVED", "DEIDENTIFIED"}
 )
 _MIN_PHI_LEN = 3
+#: Words of non-name identifying values (institution, address) searched on their own from this length.
+_MIN_WORD_LEN = 6
 REDACTED = "<redacted>"
 
 
@@ -162,9 +164,13 @@ def phi_values(headers: Iterable[Dataset]) -> list[str]:
     found: set[str] = set()
     for ds in headers:
         for keyword in _PHI_VALUE_KEYWORDS:
-            for text in _strings(ds.get(keyword)):
-                parts = {text, *re.split(r"[\^=\s,]+", text)}
-                for part in parts:
+            elem = ds.get(keyword)
+            person = keyword.endswith("Name") and keyword not in ("InstitutionName", "StationName")
+            for text in _strings(elem):
+                # person names: every component; other values: the whole value and its long words
+                parts = re.split(r"[\^=\s,]+", text)
+                candidates = {text, *(p for p in parts if person or len(p) >= _MIN_WORD_LEN)}
+                for part in candidates:
                     part = part.strip()
                     if len(part) >= _MIN_PHI_LEN and part.upper() not in _PLACEHOLDERS:
                         found.add(part)

@@ -8,6 +8,7 @@ The fine probabilities are pasted back into a full-size map that is background e
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import torch
@@ -28,7 +29,7 @@ def downsample(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Downsample ``(B, C, X, Y, Z)`` images (trilinear) and labels (nearest) by ``factor``, then zero-pad
     every spatial axis to a multiple of ``div`` (the network's total stride)."""
-    size = [max(1, round(s / factor)) for s in image.shape[2:]]
+    size = [max(1, math.ceil(s / factor)) for s in image.shape[2:]]
     small = _pad_to_multiple(
         functional.interpolate(image.float(), size=size, mode="trilinear", align_corners=False), div
     )
@@ -44,7 +45,7 @@ def coarse_probabilities(
 ) -> torch.Tensor:
     """Softmax of the coarse stage on ``image`` ``(1, C, X, Y, Z)``, resampled to the full grid."""
     small, _ = downsample(image, None, factor, div)
-    size = [max(1, round(s / factor)) for s in image.shape[2:]]
+    size = [max(1, math.ceil(s / factor)) for s in image.shape[2:]]
     probs = torch.softmax(net(small).float(), dim=1)[:, :, : size[0], : size[1], : size[2]]
     return functional.interpolate(probs, size=list(image.shape[2:]), mode="trilinear", align_corners=False)
 

@@ -215,6 +215,7 @@ def predict_case(
     subject: str,
     settings: Mapping[str, Any] | None = None,
     out_uncertainty_map: str | Path | None = None,
+    out_qc: str | Path | None = None,
     threads: int | None = None,
 ) -> Path:
     """Segment one case with one model or an ensemble of fold models.
@@ -236,6 +237,8 @@ def predict_case(
         ``config["segmentation"]``; only its ``infer`` section is used (the rest comes from the model).
     out_uncertainty_map
         Optional NIfTI of the voxel-wise normalised entropy.
+    out_qc
+        Optional PNG: first channel with the predicted mask and the uncertain voxels (entropy > 0.5).
     threads
         CPU threads for torch.
     """
@@ -302,6 +305,17 @@ def predict_case(
             packages=SEG_PACKAGES,
         )
     write_json({"subject": subject, **summary}, out_uncertainty)
+    if out_qc is not None:
+        from medpipe.qc import save_overlay
+
+        flag = ", flagged for review" if summary["flag_for_review"] else ""
+        save_overlay(
+            data[0],
+            {"automatic": pred > 0, "uncertain": entropy > 0.5},
+            out_qc,
+            spacing=geom.spacing,
+            title=f"sub-{subject}: prediction, uncertainty {summary['uncertainty_score']:.3f}{flag}",
+        )
     logger.info(
         "subject %s: %d members, foreground %.0f mm3, uncertainty %.3f%s",
         subject,

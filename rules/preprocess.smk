@@ -1,0 +1,148 @@
+# Preprocessing: co-registration, N4, skull stripping, normalisation onto the training grid.
+# Input functions live in rules/common.smk.
+
+
+rule coregister:
+    input:
+        moving=get_converted_sequence,
+        fixed=get_reference_converted,
+    output:
+        image="results/coregister/sub-{subject}/sub-{subject}_{sequence}.nii.gz",
+        sidecar="results/coregister/sub-{subject}/sub-{subject}_{sequence}.json",
+        transform="results/coregister/sub-{subject}/sub-{subject}_{sequence}_xfm.mat",
+        qc=report(
+            "results/coregister/sub-{subject}/sub-{subject}_{sequence}_qc.png",
+            caption="../report/coregister.rst",
+            category="2. Preprocessing",
+            subcategory="Co-registration",
+            labels={"subject": "{subject}", "sequence": "{sequence}"},
+        ),
+    wildcard_constraints:
+        sequence=_alternatives(MOVING),
+    params:
+        settings=config["preprocess"]["coregister"],
+        seed=config["seed"],
+    log:
+        "logs/coregister/sub-{subject}_{sequence}.log",
+    benchmark:
+        "benchmarks/coregister/sub-{subject}_{sequence}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../envs/preprocess.yaml"
+    script:
+        "../scripts/coregister.py"
+
+
+rule n4:
+    input:
+        image=get_n4_input,
+    output:
+        image="results/n4/sub-{subject}/sub-{subject}_{sequence}.nii.gz",
+        sidecar="results/n4/sub-{subject}/sub-{subject}_{sequence}.json",
+        field="results/n4/sub-{subject}/sub-{subject}_{sequence}_biasfield.nii.gz",
+        qc=report(
+            "results/n4/sub-{subject}/sub-{subject}_{sequence}_qc.png",
+            caption="../report/n4.rst",
+            category="2. Preprocessing",
+            subcategory="N4 bias correction",
+            labels={"subject": "{subject}", "sequence": "{sequence}"},
+        ),
+    params:
+        settings=config["preprocess"]["n4"],
+        seed=config["seed"],
+    log:
+        "logs/n4/sub-{subject}_{sequence}.log",
+    benchmark:
+        "benchmarks/n4/sub-{subject}_{sequence}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    conda:
+        "../envs/preprocess.yaml"
+    script:
+        "../scripts/n4.py"
+
+
+rule skullstrip:
+    input:
+        image=get_n4_reference,
+    output:
+        mask="results/skullstrip/sub-{subject}/sub-{subject}_brainmask.nii.gz",
+        sidecar="results/skullstrip/sub-{subject}/sub-{subject}_brainmask.json",
+        qc=report(
+            "results/skullstrip/sub-{subject}/sub-{subject}_brainmask_qc.png",
+            caption="../report/skullstrip.rst",
+            category="2. Preprocessing",
+            subcategory="Skull stripping",
+            labels={"subject": "{subject}"},
+        ),
+    params:
+        settings=config["preprocess"]["skullstrip"],
+    log:
+        "logs/skullstrip/sub-{subject}.log",
+    benchmark:
+        "benchmarks/skullstrip/sub-{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../envs/preprocess.yaml"
+    script:
+        "../scripts/skullstrip.py"
+
+
+rule normalise:
+    input:
+        image="results/n4/sub-{subject}/sub-{subject}_{sequence}.nii.gz",
+        brainmask="results/skullstrip/sub-{subject}/sub-{subject}_brainmask.nii.gz",
+    output:
+        image="results/normalise/sub-{subject}/sub-{subject}_{sequence}.nii.gz",
+        sidecar="results/normalise/sub-{subject}/sub-{subject}_{sequence}.json",
+        qc=report(
+            "results/normalise/sub-{subject}/sub-{subject}_{sequence}_qc.png",
+            caption="../report/normalise.rst",
+            category="2. Preprocessing",
+            subcategory="Intensity normalisation",
+            labels={"subject": "{subject}", "sequence": "{sequence}"},
+        ),
+    params:
+        settings=config["preprocess"]["normalise"],
+        target_spacing_mm=config["preprocess"]["target_spacing_mm"],
+    log:
+        "logs/normalise/sub-{subject}_{sequence}.log",
+    benchmark:
+        "benchmarks/normalise/sub-{subject}_{sequence}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/preprocess.yaml"
+    script:
+        "../scripts/normalise.py"
+
+
+rule resample_label:
+    input:
+        label="results/convert/sub-{subject}/sub-{subject}_desc-human_mask.nii.gz",
+        reference=f"results/normalise/sub-{{subject}}/sub-{{subject}}_{REF}.nii.gz",
+    output:
+        label="results/normalise/sub-{subject}/sub-{subject}_desc-human_mask.nii.gz",
+        sidecar="results/normalise/sub-{subject}/sub-{subject}_desc-human_mask.json",
+    log:
+        "logs/resample_label/sub-{subject}.log",
+    benchmark:
+        "benchmarks/resample_label/sub-{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/preprocess.yaml"
+    script:
+        "../scripts/resample_label.py"

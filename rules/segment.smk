@@ -1,0 +1,95 @@
+# Segmentation: k-fold split by subject, one MONAI U-Net per fold, sliding-window prediction of every
+# subject by the model(s) that never saw it. Models are protected: delete them by hand to retrain.
+
+
+rule split:
+    output:
+        folds="results/split/folds.json",
+    params:
+        subjects=LABELLED,
+        k=config["segmentation"]["folds"],
+        seed=config["seed"],
+        val_fraction=config["segmentation"].get("val_fraction", 0.0),
+    log:
+        "logs/split/split.log",
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../envs/segment.yaml"
+    script:
+        "../scripts/split.py"
+
+
+rule train:
+    input:
+        images=get_training_images,
+        labels=get_training_labels,
+        folds="results/split/folds.json",
+    output:
+        model=protected("results/train/fold-{fold}/model.pt"),
+        sidecar="results/train/fold-{fold}/model.pt.json",
+        curve="results/train/fold-{fold}/learning_curve.tsv",
+        plot=report(
+            "results/train/fold-{fold}/learning_curve.png",
+            caption="../report/train.rst",
+            category="3. Segmentation",
+            subcategory="Learning curves",
+            labels={"fold": "{fold}"},
+        ),
+    params:
+        subjects=get_training_subjects,
+        n_sequences=len(SEQUENCES),
+        settings=config["segmentation"],
+        seed=config["seed"],
+        deterministic=config["deterministic"],
+    log:
+        "logs/train/fold-{fold}.log",
+    benchmark:
+        "benchmarks/train/fold-{fold}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../envs/segment.yaml"
+    script:
+        "../scripts/train.py"
+
+
+rule predict:
+    input:
+        images=get_case_images,
+        models=get_fold_model,
+    output:
+        prob="results/predict/sub-{subject}/sub-{subject}_prob.nii.gz",
+        prob_sidecar="results/predict/sub-{subject}/sub-{subject}_prob.json",
+        pred="results/predict/sub-{subject}/sub-{subject}_pred.nii.gz",
+        pred_sidecar="results/predict/sub-{subject}/sub-{subject}_pred.json",
+        entropy="results/predict/sub-{subject}/sub-{subject}_entropy.nii.gz",
+        entropy_sidecar="results/predict/sub-{subject}/sub-{subject}_entropy.json",
+        uncertainty="results/predict/sub-{subject}/sub-{subject}_uncertainty.json",
+        qc=report(
+            "results/predict/sub-{subject}/sub-{subject}_qc.png",
+            caption="../report/predict.rst",
+            category="3. Segmentation",
+            subcategory="Predictions and uncertainty",
+            labels={"subject": "{subject}"},
+        ),
+    params:
+        settings=config["segmentation"],
+    log:
+        "logs/predict/sub-{subject}.log",
+    benchmark:
+        "benchmarks/predict/sub-{subject}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../envs/segment.yaml"
+    script:
+        "../scripts/predict.py"

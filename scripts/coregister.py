@@ -1,0 +1,16 @@
+"""Snakemake adapter: co-register a sequence to the reference sequence (ANTs)."""
+
+from medpipe.logutil import script_logging
+from medpipe.registration import coregister
+
+with script_logging(snakemake.log[0]):
+    coregister(
+        snakemake.input.moving,
+        snakemake.input.fixed,
+        snakemake.output.image,
+        snakemake.output.transform,
+        snakemake.output.qc,
+        subject=snakemake.wildcards.subject,
+        settings=snakemake.params.settings,
+        seed=snakemake.params.seed,
+    )

@@ -1,0 +1,15 @@
+"""Snakemake adapter: N4 bias-field correction."""
+
+from medpipe.bias import n4_correct
+from medpipe.logutil import script_logging
+
+with script_logging(snakemake.log[0]):
+    n4_correct(
+        snakemake.input.image,
+        snakemake.output.image,
+        snakemake.output.field,
+        snakemake.output.qc,
+        subject=snakemake.wildcards.subject,
+        settings=snakemake.params.settings,
+        seed=snakemake.params.seed,
+    )

@@ -1,0 +1,17 @@
+"""Snakemake adapter: segment one subject with the fold model(s) that never saw it."""
+from medpipe.logutil import script_logging
+from medpipe.seg.infer import predict_case
+
+with script_logging(snakemake.log[0]):
+    predict_case(
+        list(snakemake.input.images),
+        list(snakemake.input.models),
+        snakemake.output.prob,
+        snakemake.output.pred,
+        snakemake.output.uncertainty,
+        subject=snakemake.wildcards.subject,
+        settings=snakemake.params.settings,
+        out_uncertainty_map=snakemake.output.entropy,
+        out_qc=snakemake.output.qc,
+        threads=snakemake.threads,
+    )
