@@ -45,7 +45,8 @@ def read_series(folder: Path) -> tuple[np.ndarray, np.ndarray, list[pydicom.Data
     lps[:3, 1] = col_dir * dr
     lps[:3, 2] = (ipp[-1] - ipp[0]) / (len(dss) - 1)
     lps[:3, 3] = ipp[0]
-    vol = np.stack([d.pixel_array.T * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in dss], axis=-1)
+    slices = [d.pixel_array.T * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in dss]
+    vol = np.stack(slices, axis=-1)
     return vol.astype(np.float64), LPS @ lps, dss
 
 
@@ -83,13 +84,15 @@ def test_layout_sheet_and_manifest(cohort: Path) -> None:
 def test_same_seed_is_byte_identical_and_other_seed_differs(cohort: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
     generate_demo_cohort(again, SETTINGS)
-    files = sorted(p.relative_to(cohort) for p in cohort.rglob("*") if p.is_file() and p.name != "subjects.tsv")
+    files = sorted(p.relative_to(cohort) for p in cohort.rglob("*")
+                   if p.is_file() and p.name != "subjects.tsv")
     assert len(files) > 200
     for rel in files:
         assert (again / rel).read_bytes() == (cohort / rel).read_bytes(), rel
     other = tmp_path / "other"
     generate_demo_cohort(other, DemoSettings(n_subjects=1, seed=6, spacing_mm=SPACING))
-    for rel in ("dicom/demo01/T1w/IM0020.dcm", "truth/demo01/lesion.nii.gz", "truth/demo01/biasfield_T2w.nii.gz"):
+    for rel in ("dicom/demo01/T1w/IM0020.dcm", "truth/demo01/lesion.nii.gz",
+                "truth/demo01/biasfield_T2w.nii.gz"):
         assert (other / rel).read_bytes() != (cohort / rel).read_bytes(), rel
 
 
@@ -116,7 +119,8 @@ def test_dicom_geometry_matches_truth_nifti(cohort: Path) -> None:
     assert [float(v) for v in ds.PixelSpacing] == [SPACING[1], SPACING[0]]
     assert float(ds.SliceThickness) == float(ds.SpacingBetweenSlices) == SPACING[2]
     ipp = np.array([d.ImagePositionPatient for d in dss], dtype=float)
-    normal = np.cross(np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float))
+    iop = np.array(ds.ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
     steps = np.diff(ipp, axis=0)
     np.testing.assert_allclose(np.linalg.norm(steps, axis=1), SPACING[2], atol=1e-5)
     np.testing.assert_allclose(steps @ normal, SPACING[2], atol=1e-5)

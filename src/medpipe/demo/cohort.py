@@ -125,14 +125,17 @@ def _sheet_path(path: Path) -> str:
 
 
 def write_subject_sheet(out_dir: Path, subjects: list[str]) -> Path:
-    """Write ``subjects.tsv`` (subject, dicom, label) for the generated cohort."""
+    """Write ``subjects.tsv`` (subject, dicom, label) for the generated cohort (only when it changed)."""
     rows = ["subject\tdicom\tlabel"]
     for s in subjects:
         label = out_dir / "labels" / f"{s}_lesion.nii.gz"
         rows.append(f"{s}\t{_sheet_path(out_dir / 'dicom' / s)}\t{_sheet_path(label)}")
     path = out_dir / "subjects.tsv"
+    text = "\n".join(rows) + "\n"
+    if path.is_file() and path.read_text() == text:
+        return path  # unchanged: keep the timestamp so Snakemake sees nothing new
     with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(rows) + "\n")
+        tmp.write_text(text)
     return path
 
 
