@@ -83,7 +83,8 @@ if ! alive "$STATE/started/mariadbd.pid"; then
   # Socket only (--skip-networking): no TCP port at all.
   mariadbd --no-defaults --user=mysql --datadir="$STATE/mysql" --socket="$SOCK" --skip-networking \
     --pid-file="$STATE/mysql/mariadbd.pid" --log-error="$STATE/mysql/mariadbd.err" \
-    --innodb-buffer-pool-size=32M --innodb-log-file-size=16M --performance-schema=OFF &
+    --innodb-buffer-pool-size=32M --innodb-log-file-size=16M --performance-schema=OFF \
+    2>>"$STATE/log/mariadbd.stderr" &
   echo $! >"$STATE/started/mariadbd.pid"
   timeout 60 bash -c "until mariadb --no-defaults --socket='$SOCK' -e 'select 1' >/dev/null 2>&1; do sleep 0.2; done" \
     || die "mariadbd did not answer on $SOCK"

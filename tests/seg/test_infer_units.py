@@ -45,6 +45,7 @@ def test_uncertainty_certain_and_uncertain_cases() -> None:
     _, summary = uncertainty_summary(vague, [fg, np.zeros_like(fg)], INFER, (1.0, 1.0, 1.0))
     assert summary["flag_for_review"] and summary["uncertainty_score"] > 0.9
     assert summary["member_agreement_dice"] == 0.5 and len(summary["reasons"]) == 2
-    _, summary = uncertainty_summary(certain[::-1] * 0 + np.stack([np.ones_like(fg), ~np.ones_like(fg)]),
-                                     [], INFER, (1.0, 1.0, 1.0))
+    _, summary = uncertainty_summary(
+        certain[::-1] * 0 + np.stack([np.ones_like(fg), ~np.ones_like(fg)]), [], INFER, (1.0, 1.0, 1.0)
+    )
     assert summary["reasons"] == ["no foreground predicted"]

@@ -22,7 +22,9 @@ def test_signed_distance_map_signs() -> None:
 
 def test_boundary_schedule_and_value() -> None:
     loss = SegmentationLoss({"name": "boundary", "boundary_weight": [0.0, 0.5]}, 2, epochs=11)
-    assert loss.alpha(0) == 0.0 and loss.alpha(10) == pytest.approx(0.5) and loss.alpha(5) == pytest.approx(0.25)
+    assert (
+        loss.alpha(0) == 0.0 and loss.alpha(10) == pytest.approx(0.5) and loss.alpha(5) == pytest.approx(0.25)
+    )
     label = torch.zeros(1, 1, 8, 8, 8, dtype=torch.long)
     label[..., 2:6, 2:6, 2:6] = 1
     sdm = torch.from_numpy(signed_distance_map(label[0, 0].numpy(), 2))[None]

@@ -11,8 +11,13 @@ from monai.networks.blocks import ChannelSELayer, ResidualSELayer
 from medpipe.errors import ConfigError
 from medpipe.seg.model import build_network, check_patch_size
 
-BASE: dict[str, Any] = {"architecture": "unet3d", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1,
-                        "squeeze_excitation": True}
+BASE: dict[str, Any] = {
+    "architecture": "unet3d",
+    "channels": [4, 8, 16],
+    "strides": [2, 2],
+    "num_res_units": 1,
+    "squeeze_excitation": True,
+}
 
 
 def test_unet3d_with_se_and_deep_supervision() -> None:
@@ -42,8 +47,10 @@ def test_unet2d_is_slice_wise() -> None:
     torch.testing.assert_close(out[..., 2:3], single)  # each slice is segmented on its own
 
 
-@pytest.mark.parametrize("bad", [{"architecture": "vnet"}, {"strides": [2]}, {"squeeze_excitation": "yes"},
-                                 {"deep_supervision": 3}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"architecture": "vnet"}, {"strides": [2]}, {"squeeze_excitation": "yes"}, {"deep_supervision": 3}],
+)
 def test_bad_model_settings(bad: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         build_network({**BASE, **bad}, 1, 2)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from medpipe.errors import ConfigError
-from medpipe.seg.split import assign_folds, folds_table, read_folds, validation_subset, write_folds
+from medpipe.seg.split import assign_folds, read_folds, validation_subset, write_folds
 
 SUBJECTS = [f"S{i:02d}" for i in range(13)]
 

@@ -19,22 +19,47 @@ from .conftest import AFFINE, make_case
 
 
 def _train(cases: dict[str, Any], settings: dict[str, Any], out: Path, **kw: Any) -> Path:
-    return train_fold(cases["images"], cases["labels"], out / "model.pt", out / "curve.tsv", out / "curve.png",
-                      subjects=cases["subjects"], fold=0, settings=settings, seed=3, **kw)
+    return train_fold(
+        cases["images"],
+        cases["labels"],
+        out / "model.pt",
+        out / "curve.tsv",
+        out / "curve.png",
+        subjects=cases["subjects"],
+        fold=0,
+        settings=settings,
+        seed=3,
+        **kw,
+    )
 
 
-def _predict(cases: dict[str, Any], model: Path | list[str], settings: dict[str, Any], out: Path,
-             images: list[str] | None = None) -> dict[str, Any]:
-    predict_case(images or cases["test_images"], model if isinstance(model, list) else str(model),
-                 out / "prob.nii.gz", out / "pred.nii.gz", out / "unc.json", subject="T1", settings=settings,
-                 out_uncertainty_map=out / "entropy.nii.gz", out_qc=out / "qc.png")
+def _predict(
+    cases: dict[str, Any],
+    model: Path | list[str],
+    settings: dict[str, Any],
+    out: Path,
+    images: list[str] | None = None,
+) -> dict[str, Any]:
+    predict_case(
+        images or cases["test_images"],
+        model if isinstance(model, list) else str(model),
+        out / "prob.nii.gz",
+        out / "pred.nii.gz",
+        out / "unc.json",
+        subject="T1",
+        settings=settings,
+        out_uncertainty_map=out / "entropy.nii.gz",
+        out_qc=out / "qc.png",
+    )
     return json.loads((out / "unc.json").read_text())
 
 
-@pytest.mark.parametrize(("arch", "patch"), [("unet3d", [16, 16, 16]), ("unet2d", [16, 16, 4]),
-                                             ("cascade", [16, 16, 16])])
-def test_one_epoch_then_predict_in_input_geometry(cases: dict[str, Any], tiny_settings: dict[str, Any],
-                                                  tmp_path: Path, arch: str, patch: list[int]) -> None:
+@pytest.mark.parametrize(
+    ("arch", "patch"), [("unet3d", [16, 16, 16]), ("unet2d", [16, 16, 4]), ("cascade", [16, 16, 16])]
+)
+def test_one_epoch_then_predict_in_input_geometry(
+    cases: dict[str, Any], tiny_settings: dict[str, Any], tmp_path: Path, arch: str, patch: list[int]
+) -> None:
     tiny_settings["model"]["architecture"] = arch
     tiny_settings["train"]["patch_size"] = patch
     model = _train(cases, tiny_settings, tmp_path / "m")
@@ -56,20 +81,23 @@ def test_one_epoch_then_predict_in_input_geometry(cases: dict[str, Any], tiny_se
     assert 0.0 <= summary["uncertainty_score"] <= 1.0 and isinstance(summary["flag_for_review"], bool)
 
 
-def test_resume_after_crash_gives_identical_weights(cases: dict[str, Any], tiny_settings: dict[str, Any],
-                                                     tmp_path: Path) -> None:
+def test_resume_after_crash_gives_identical_weights(
+    cases: dict[str, Any], tiny_settings: dict[str, Any], tmp_path: Path
+) -> None:
     tiny_settings["train"]["epochs"] = 3
-    whole = _train(cases, tiny_settings, tmp_path / "a", deterministic=True)
+    whole = _train(cases, tiny_settings, tmp_path / "a", deterministic=True, threads=2)
 
     def crash(epoch: int) -> None:
         if epoch == 1:
             raise KeyboardInterrupt("simulated crash")
 
     with pytest.raises(KeyboardInterrupt):
-        _train(cases, tiny_settings, tmp_path / "b", deterministic=True, on_epoch_end=crash)
+        _train(cases, tiny_settings, tmp_path / "b", deterministic=True, threads=2, on_epoch_end=crash)
     assert (tmp_path / "b" / "checkpoint.pt").exists() and not (tmp_path / "b" / "model.pt").exists()
     seen: list[int] = []
-    resumed = _train(cases, tiny_settings, tmp_path / "b", deterministic=True, on_epoch_end=seen.append)
+    resumed = _train(
+        cases, tiny_settings, tmp_path / "b", deterministic=True, threads=2, on_epoch_end=seen.append
+    )
     assert seen == [2]  # only the last epoch ran again
     a = torch.load(whole, weights_only=True)["state"]["fine"]
     b = torch.load(resumed, weights_only=True)["state"]["fine"]
@@ -79,8 +107,9 @@ def test_resume_after_crash_gives_identical_weights(cases: dict[str, Any], tiny_
     assert (tmp_path / "a" / "curve.tsv").read_text() == (tmp_path / "b" / "curve.tsv").read_text()
 
 
-def test_learns_bright_ball_and_fine_tunes(cases: dict[str, Any], tiny_settings: dict[str, Any],
-                                           tmp_path: Path) -> None:
+def test_learns_bright_ball_and_fine_tunes(
+    cases: dict[str, Any], tiny_settings: dict[str, Any], tmp_path: Path
+) -> None:
     tiny_settings["train"].update(epochs=8, iterations_per_epoch=4, learning_rate=0.02)
     tiny_settings["loss"] = {"name": "boundary", "boundary_weight": [0.0, 0.2]}
     tiny_settings["model"]["deep_supervision"] = 1
@@ -108,24 +137,56 @@ def test_learns_bright_ball_and_fine_tunes(cases: dict[str, Any], tiny_settings:
 def test_case_smaller_than_patch_is_padded(tmp_path: Path, tiny_settings: dict[str, Any]) -> None:
     subjects = ["S1", "S2"]
     made = [make_case(tmp_path, s, i, shape=(12, 10, 14)) for i, s in enumerate(subjects)]
-    model = train_fold([m[0] for m in made], [m[1] for m in made], tmp_path / "m.pt", tmp_path / "c.tsv",
-                       tmp_path / "c.png", subjects=subjects, fold=0, settings=tiny_settings, seed=1)
-    predict_case(made[0][0], str(model), tmp_path / "prob.nii.gz", tmp_path / "pred.nii.gz", tmp_path / "u.json",
-                 subject="S1", settings=tiny_settings)
+    model = train_fold(
+        [m[0] for m in made],
+        [m[1] for m in made],
+        tmp_path / "m.pt",
+        tmp_path / "c.tsv",
+        tmp_path / "c.png",
+        subjects=subjects,
+        fold=0,
+        settings=tiny_settings,
+        seed=1,
+    )
+    predict_case(
+        made[0][0],
+        str(model),
+        tmp_path / "prob.nii.gz",
+        tmp_path / "pred.nii.gz",
+        tmp_path / "u.json",
+        subject="S1",
+        settings=tiny_settings,
+    )
     assert nib.load(tmp_path / "pred.nii.gz").shape == (12, 10, 14)
 
 
 def test_bad_inputs_are_named(cases: dict[str, Any], tiny_settings: dict[str, Any], tmp_path: Path) -> None:
     empty_images, empty_label = make_case(tmp_path / "x", "E1", 5, empty=True)
     with pytest.raises(DataError, match=r"subject E1.*label is empty"):
-        train_fold([*cases["images"], empty_images], [*cases["labels"], empty_label], tmp_path / "m.pt",
-                   tmp_path / "c.tsv", tmp_path / "c.png", subjects=[*cases["subjects"], "E1"], fold=0,
-                   settings=tiny_settings, seed=1)
+        train_fold(
+            [*cases["images"], empty_images],
+            [*cases["labels"], empty_label],
+            tmp_path / "m.pt",
+            tmp_path / "c.tsv",
+            tmp_path / "c.png",
+            subjects=[*cases["subjects"], "E1"],
+            fold=0,
+            settings=tiny_settings,
+            seed=1,
+        )
     one_channel, label = make_case(tmp_path / "x", "C1", 6, channels=1)
     with pytest.raises(DataError, match=r"subject C1.*1 input channels"):
-        train_fold([*cases["images"], one_channel], [*cases["labels"], label], tmp_path / "m.pt",
-                   tmp_path / "c.tsv", tmp_path / "c.png", subjects=[*cases["subjects"], "C1"], fold=0,
-                   settings=tiny_settings, seed=1)
+        train_fold(
+            [*cases["images"], one_channel],
+            [*cases["labels"], label],
+            tmp_path / "m.pt",
+            tmp_path / "c.tsv",
+            tmp_path / "c.png",
+            subjects=[*cases["subjects"], "C1"],
+            fold=0,
+            settings=tiny_settings,
+            seed=1,
+        )
     model = _train(cases, tiny_settings, tmp_path / "m")
     with pytest.raises(DataError, match=r"1 input images given but model model.pt was trained on 2"):
         _predict(cases, model, tiny_settings, tmp_path / "p", images=one_channel)

@@ -20,14 +20,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from medpipe.audit import diff_runs
-from tests.workflow.conftest import BIN, REPO, TINY_CONFIG, run, snakemake_cmd
+from medpipe.io import load_nifti
+from tests.workflow.conftest import BIN, TINY_CONFIG, run, snakemake_cmd
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
@@ -82,8 +82,8 @@ def test_broken_subject_fails_only_its_own_jobs(tmp_path: Path, tiny_workdir: Pa
 
     res = workdir / "results"
     for s in good:
-        ref = nib.load(res / f"convert/sub-{s}/sub-{s}_T1w.nii.gz")
-        auto = nib.load(res / f"postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz")
+        ref = load_nifti(res / f"convert/sub-{s}/sub-{s}_T1w.nii.gz")
+        auto = load_nifti(res / f"postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz")
         assert auto.shape == ref.shape
         np.testing.assert_allclose(auto.affine, ref.affine, atol=1e-5)
         assert (res / f"evaluate/sub-{s}/sub-{s}_metrics.tsv").is_file()
@@ -106,7 +106,7 @@ def _assert_no_broken_files(results: Path) -> None:
     assert not stray, f"temporary files of interrupted writes left behind: {stray[:10]}"
     for path in results.rglob("*"):
         if path.name.endswith(".nii.gz"):
-            np.asarray(nib.load(path).dataobj)  # reads and CRC-checks the whole gzip stream
+            np.asarray(load_nifti(path).dataobj)  # reads and CRC-checks the whole gzip stream
         elif path.suffix == ".json":
             json.loads(path.read_text())
         elif path.suffix == ".tsv":

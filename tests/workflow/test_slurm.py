@@ -7,6 +7,11 @@ node, 2 CPUs, short status polling). Evidence that every job went through SLURM 
 accounting database (``sacct``) and the plugin's per-job SLURM logs; the results must equal the
 local run of the same workflow (``tiny_run``) file for file.
 
+The SLURM run stops at the evaluation summary and the DICOM-SEG exports (conversion, every
+preprocessing step, split, training, prediction, post-processing, scoring): the radiomics of the
+tiny workflow take about half of its CPU time and run unchanged in ``tiny_run``, and the CI budget
+for this test is 6 minutes including the package installation.
+
 Needs root (packages, daemons). Outside CI without root the module is skipped with the reason;
 in CI (``CI=true``) that is an error. ``MEDPIPE_SKIP_SLURM=1`` skips it explicitly.
 """
@@ -83,11 +88,13 @@ class SlurmRun:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm_env: dict[str, str], tiny_workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> SlurmRun:
+def slurm_run(
+    slurm_env: dict[str, str], tiny_workdir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> SlurmRun:
     """The tiny workflow run to completion through SLURM in a fresh copy of the tiny cohort."""
     workdir = tmp_path_factory.mktemp("slurm")
     shutil.copytree(tiny_workdir / "resources", workdir / "resources")
-    cmd = ["timeout", "-k", "30", str(RUN_TIMEOUT), *snakemake_cmd(workdir, *PROFILES)]
+    cmd = ["timeout", "-k", "30", str(RUN_TIMEOUT), *snakemake_cmd(workdir, *PROFILES, *_targets(workdir))]
     proc = subprocess.run(cmd, cwd=REPO, env=slurm_env, capture_output=True, text=True, check=False)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -96,6 +103,22 @@ def slurm_run(slurm_env: dict[str, str], tiny_workdir: Path, tmp_path_factory: p
     jobs = {job_id: Path(log) for job_id, log in _SUBMITTED.findall(output)}
     assert len(run_ids) == 1, f"expected one SLURM run ID in the output, found {run_ids}"
     return SlurmRun(workdir, output, run_ids[0], jobs)
+
+
+def _targets(workdir: Path) -> list[str]:
+    """Everything up to the evaluation summary and each subject's DICOM-SEG export."""
+    sheet = (workdir / "resources/demo/subjects.tsv").read_text().splitlines()[1:]
+    subjects = [line.split("\t")[0] for line in sheet if line.strip()]
+    assert subjects
+    return ["results/evaluate/summary.tsv",
+            *(f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.dcm" for s in subjects)]
+
+
+def _job_stats(output: str) -> dict[str, int]:
+    """Rule -> planned job count, from Snakemake's 'Job stats' table (no local rules are targeted)."""
+    block = output.split("Job stats:", 1)[1].split("\ntotal", 1)[0]
+    rows = re.findall(r"^(\w+)\s+(\d+)\s*$", block, flags=re.MULTILINE)
+    return {rule: int(n) for rule, n in rows}
 
 
 def _sacct(env: dict[str, str], job_ids: list[str]) -> dict[str, dict[str, str]]:
@@ -111,16 +134,15 @@ def _sacct(env: dict[str, str], job_ids: list[str]) -> dict[str, dict[str, str]]
 
 def test_every_job_went_through_slurm(slurm_run: SlurmRun, slurm_env: dict[str, str]) -> None:
     """Every non-local job was an sbatch job that SLURM accounted as COMPLETED for this run."""
-    remote_jobs = re.findall(r"^rule (\w+):$", slurm_run.output, flags=re.MULTILINE)
-    local_jobs = re.findall(r"^localrule (\w+):$", slurm_run.output, flags=re.MULTILINE)
-    assert {"train", "predict", "n4", "radiomics"} <= set(remote_jobs), "expected the heavy rules on SLURM"
-    assert "all" in local_jobs
+    planned = _job_stats(slurm_run.output)
+    stages = {"convert_sequence", "n4", "skullstrip", "train", "predict", "postprocess", "evaluate_subject"}
+    assert stages <= set(planned), f"expected every stage in the run, planned: {planned}"
     # Group jobs (profiles/slurm bundles a subject's preprocessing) are one sbatch job each.
-    assert 10 <= len(slurm_run.jobs) <= len(remote_jobs)
+    assert 10 <= len(slurm_run.jobs) <= sum(planned.values())
 
     acct = _sacct(slurm_env, sorted(slurm_run.jobs))
     assert set(acct) == set(slurm_run.jobs), "sacct does not know every submitted job"
-    for job_id, rec in acct.items():
+    for rec in acct.values():
         assert rec["State"] == "COMPLETED" and rec["ExitCode"] == "0:0", rec
         assert rec["JobName"] == slurm_run.run_id, rec
         assert rec["Comment"].startswith(("rule_", "group_")), rec
@@ -129,7 +151,7 @@ def test_every_job_went_through_slurm(slurm_run: SlurmRun, slurm_env: dict[str, 
     for job_id, log in slurm_run.jobs.items():
         assert log.name == f"{job_id}.log" and log.is_file(), log
         rules_in_logs |= set(re.findall(r"^(?:local)?rule (\w+):$", log.read_text(), flags=re.MULTILINE))
-    assert set(remote_jobs) <= rules_in_logs
+    assert set(planned) <= rules_in_logs, f"rules never seen in a SLURM job: {set(planned) - rules_in_logs}"
 
 
 def test_gpu_rules_ask_for_no_gpu_on_the_ci_node(slurm_run: SlurmRun) -> None:
@@ -144,14 +166,19 @@ def test_gpu_rules_ask_for_no_gpu_on_the_ci_node(slurm_run: SlurmRun) -> None:
 def test_results_equal_the_local_run(slurm_run: SlurmRun, tiny_run: Path) -> None:
     """Running through SLURM changes where jobs run, not what they compute."""
     result = diff_runs(tiny_run / "results", slurm_run.workdir / "results")
-    differing = [f"{d['path']}: {d['status']} ({d.get('reason', '')})" for d in result["differing"]]
-    assert result["n_files"] > 50
-    assert result["identical"], "SLURM and local results differ:\n" + "\n".join(differing[:30])
+    # The SLURM run made a subset of the stages (no radiomics, statistics, audit): "only_a" files.
+    differing = [f"{d['path']}: {d['status']} ({d.get('reason', '')})" for d in result["differing"]
+                 if d["status"] != "only_a"]
+    compared = [s for s, v in result["stages"].items() if v["files"] > v["differing"]]
+    assert {"convert", "n4", "skullstrip", "normalise", "train", "predict", "postprocess", "evaluate"} <= set(
+        compared
+    )
+    assert not differing, "SLURM and local results differ:\n" + "\n".join(differing[:30])
 
 
 def test_slurm_rerun_has_nothing_to_do(slurm_run: SlurmRun, slurm_env: dict[str, str]) -> None:
     proc = subprocess.run(
-        ["timeout", "120", *snakemake_cmd(slurm_run.workdir, *PROFILES, "-n")],
+        ["timeout", "120", *snakemake_cmd(slurm_run.workdir, *PROFILES, "-n", *_targets(slurm_run.workdir))],
         cwd=REPO, env=slurm_env, capture_output=True, text=True, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -24,10 +24,10 @@ DEFAULTS: dict[str, Any] = {
     },
     "loss": {"name": "dice_ce", "class_weights": None, "focal_gamma": 2.0, "boundary_weight": [0.01, 0.5]},
     "train": {
-        "epochs": 30,
+        "epochs": 20,
         "iterations_per_epoch": 16,
         "batch_size": 2,
-        "patch_size": [48, 48, 48],
+        "patch_size": [32, 32, 32],
         "foreground_ratio": 0.67,
         "learning_rate": 0.003,
         "weight_decay": 1e-5,

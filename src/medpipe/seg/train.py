@@ -3,7 +3,9 @@
 Reproducibility: every epoch re-seeds torch, NumPy and the MONAI transforms from ``(seed, epoch)``,
 so an epoch depends only on the weights and optimiser state at its start. Those are written to
 ``checkpoint.pt`` beside the model after every epoch; a crashed run restarted with the same inputs
-and settings resumes there and (on CPU in deterministic mode) ends with bit-identical weights.
+and settings resumes there and ends with bit-identical weights on CPU (oneDNN kernels are
+reproducible for a fixed thread count; torch's deterministic-algorithm switch is used on CUDA only,
+because on CPU it swaps in reference kernels that are about ten times slower).
 The checkpoint is deliberately not a Snakemake output (Snakemake deletes the outputs of a failed
 job, which would defeat the resume); it is removed when training completes.
 """
@@ -168,8 +170,12 @@ def train_fold(
     if threads:
         torch.set_num_threads(int(threads))
     run_seed = int(seed) * 1009 + int(fold)
-    seed_everything(run_seed, deterministic)
     device = pick_device()
+    # torch's deterministic-algorithm switch replaces the oneDNN CPU kernels by reference ones that are
+    # ~10x slower; oneDNN is already bit-reproducible for a fixed thread count, so on CPU it stays off.
+    seed_everything(run_seed, deterministic and device.type == "cuda")
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(False)
     amp = bool(train["amp"]) and device.type == "cuda"
     cases = load_cases(images, labels, subjects, n_classes)
     val_names = set(validation_subset(subjects, float(cfg["val_fraction"]), int(seed) + int(fold)))
