@@ -28,7 +28,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk  # noqa: N813
+import SimpleITK as sitk
 
 from medpipe.io import load_nifti, nib_to_sitk, save_nifti, sitk_to_nib
 from medpipe.seg.infer import predict_case

@@ -35,4 +35,5 @@ def shared_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _single_thread_itk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep ITK/ANTs single-threaded in tests: deterministic and fair on 2-core CI machines."""
-    monkeypatch.setenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1"))
+    var = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+    monkeypatch.setenv(var, os.environ.get(var, "1"))

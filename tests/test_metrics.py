@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import SimpleITK as sitk  # noqa: N813
+import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import cKDTree
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import SimpleITK as sitk  # noqa: N813
+import SimpleITK as sitk
 
 from medpipe.errors import ConfigError, DataError, GeometryError
 from medpipe.io import save_nifti

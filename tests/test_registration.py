@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk  # noqa: N813
+import SimpleITK as sitk
 
 from medpipe.errors import DataError, MedpipeError
 from medpipe.geometry import geometry_of, grid_differences

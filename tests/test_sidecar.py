@@ -40,5 +40,5 @@ def test_sidecar_records_inputs_and_is_reproducible(tmp_path: Path, monkeypatch:
 
 
 def test_missing_sidecar_is_named(tmp_path: Path) -> None:
-    with pytest.raises(MedpipeError, match="x.json is missing"):
+    with pytest.raises(MedpipeError, match=r"x\.json is missing"):
         read_sidecar(tmp_path / "x.nii.gz", subject="s2")

@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
 def foreground_mask(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     """Head/body mask: Otsu threshold, hole filling and the largest connected component (SimpleITK, cc3d)."""
     import cc3d
-    import SimpleITK as sitk  # noqa: N813
+    import SimpleITK as sitk
     from scipy import ndimage
 
     data = np.asarray(image, dtype=np.float32)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk  # noqa: N813
+import SimpleITK as sitk
 import yaml
 
 from medpipe.errors import ConfigError, DataError

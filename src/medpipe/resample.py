@@ -74,7 +74,7 @@ def target_grid(reference: Geometry, spacing_mm: Sequence[float] | None) -> Geom
 
 
 def _to_sitk(data: npt.NDArray[Any], geometry: Geometry) -> Any:
-    import SimpleITK as sitk  # noqa: N813
+    import SimpleITK as sitk
 
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0)))
     m = _LPS @ geometry.affine
@@ -88,7 +88,7 @@ def _to_sitk(data: npt.NDArray[Any], geometry: Geometry) -> Any:
 def _resample_channel(
     data: npt.NDArray[Any], source: Geometry, target: Geometry, interpolator: int, default_value: float
 ) -> npt.NDArray[np.float64]:
-    import SimpleITK as sitk  # noqa: N813
+    import SimpleITK as sitk
 
     moving = _to_sitk(np.asarray(data, dtype=np.float64), source)
     ref = _to_sitk(np.zeros(target.shape[:3], dtype=np.uint8), target)
@@ -126,7 +126,7 @@ def resample_to_grid(
     numpy.ndarray
         Array on ``target``: float64 for intensities, the input's integer type for masks.
     """
-    import SimpleITK as sitk  # noqa: N813
+    import SimpleITK as sitk
 
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk  # noqa: N813
+import SimpleITK as sitk
 from radiomics import firstorder, glcm, gldm, glrlm, glszm, imageoperations, ngtdm
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 

@@ -81,8 +81,10 @@ def save_model(path: str | Path, nets: Mapping[str, torch.nn.Module], meta: Mapp
         "meta": dict(meta),
         "state": {name: net.state_dict() for name, net in nets.items()},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a file handle: torch.save(payload, tmp) would record the random temporary name inside
+    # the zip archive and the file would differ on every run.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
     return Path(path)
 
 

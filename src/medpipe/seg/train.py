@@ -345,8 +345,10 @@ def _save_checkpoint(
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a file handle: torch.save(payload, tmp) would record the random temporary name inside
+    # the zip archive and the file would differ on every run.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
 
 
 def _validate(
