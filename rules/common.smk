@@ -1,8 +1,8 @@
 # Validation of config and subject sheet, wildcard constraints and every input function.
-import os
 from pathlib import Path
 
 from medpipe.config import load_subject_sheet, validate_config
+from medpipe.determinism import export_job_environment
 from medpipe.review import excluded_subjects
 from medpipe.seg.split import assign_folds
 
@@ -11,10 +11,8 @@ SCHEMAS = Path(workflow.basedir) / "config" / "schemas"
 validate_config(config, SCHEMAS / "config.schema.yaml")
 SHEET = load_subject_sheet(config["subjects"], SCHEMAS / "subjects.schema.yaml")
 
-if config["deterministic"]:
-    # Must be in the environment before each job's Python starts (ITK reads it once).
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
-    os.environ["PYTHONHASHSEED"] = "0"
+# Must be in the environment before each job's Python starts (ITK reads its thread count once).
+JOB_ENVIRONMENT = export_job_environment(config["deterministic"])
 
 EXCLUDED = excluded_subjects(config["review"]["signoff"])
 SUBJECTS = sorted(s for s in SHEET.index if s not in EXCLUDED)

@@ -55,3 +55,15 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+
+
+def export_job_environment(deterministic: bool) -> dict[str, str]:
+    """Set, in this (Snakemake) process, the variables every job must inherit; return them.
+
+    Jobs are new Python processes (also on SLURM, whose ``sbatch`` exports the submitting
+    environment), so variables that must be set before Python or ITK start are exported here,
+    once, when the workflow is parsed.
+    """
+    values = {ITK_THREADS_VAR: "1", "PYTHONHASHSEED": "0"} if deterministic else {}
+    os.environ.update(values)
+    return values
