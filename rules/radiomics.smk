@@ -33,6 +33,12 @@ rule radiomics_table:
             category="6. Radiomics",
             subcategory="Feature table",
         ),
+        overview=report(
+            "results/radiomics/features_overview.png",
+            caption="../report/radiomics_overview.rst",
+            category="6. Radiomics",
+            subcategory="Feature overview",
+        ),
     log:
         "logs/radiomics_table/radiomics_table.log",
     benchmark:

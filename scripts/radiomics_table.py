@@ -3,4 +3,4 @@ from medpipe.logutil import script_logging
 from medpipe.radiomics import collect
 
 with script_logging(snakemake.log[0]):
-    collect(snakemake.input.tables, snakemake.output.table)
+    collect(snakemake.input.tables, snakemake.output.table, snakemake.output.overview)

@@ -263,11 +263,12 @@ def write_table(table: pd.DataFrame, out: str | Path) -> Path:
     return out
 
 
-def collect(tables: Iterable[str | Path], out: str | Path) -> Path:
+def collect(tables: Iterable[str | Path], out: str | Path, out_plot: str | Path | None = None) -> Path:
     """Concatenate per-subject/source feature tables into one long TSV, sorted deterministically.
 
     Raises :class:`DataError` when a table lacks the expected columns or when tables were made
-    with different settings (settings hash) or pyradiomics versions.
+    with different settings (settings hash) or pyradiomics versions. With ``out_plot``, also draws
+    the report's overview of key features per subject and mask source.
     """
     frames = []
     for path in sorted(str(p) for p in tables):
@@ -285,4 +286,8 @@ def collect(tables: Iterable[str | Path], out: str | Path) -> Path:
         if len(values) > 1:
             raise DataError(f"feature tables mix {column} values {values}; re-run radiomics", path=out)
     table = table.sort_values(["subject", "source", "feature"], kind="stable")[COLUMNS]
+    if out_plot is not None:
+        from medpipe.radiomics_figures import save_feature_overview
+
+        save_feature_overview(table, out_plot)
     return write_table(table, out)

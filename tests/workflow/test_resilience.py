@@ -47,10 +47,10 @@ DOWNSTREAM = ("postprocess", "evaluate", "radiomics", "stats", "audit")
 _TRANSIENT = {"locks", "incomplete", "conda", "slurm_logs"}
 
 
-def _clone_run(source: Path, dest: Path) -> Path:
+def _clone_run(source: Path, dest: Path, *, verify: bool = True) -> Path:
     """Copy a finished run (inputs, outputs, logs, Snakemake metadata) with every mtime kept.
 
-    The copy must be complete in Snakemake's eyes: a dry run there has nothing to do.
+    With ``verify`` the copy must be complete in Snakemake's eyes: a dry run there has nothing to do.
     """
     for name in ("resources", "results", "logs", "benchmarks"):
         if (source / name).exists():
@@ -63,8 +63,9 @@ def _clone_run(source: Path, dest: Path) -> Path:
         symlinks=True,
         ignore=lambda d, names: [n for n in names if Path(d) == meta and n in _TRANSIENT],
     )
-    dry = run(snakemake_cmd(dest, "--cores", "1", "-n"))
-    assert "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]
+    if verify:
+        dry = run(snakemake_cmd(dest, "--cores", "1", "-n"))
+        assert "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]
     return dest
 
 
@@ -122,7 +123,9 @@ def test_broken_subject_fails_only_its_own_jobs(tmp_path: Path, tiny_run: Path) 
     assert "convert_sequence" in {rule for rule, _ in failed}
     log = workdir / f"logs/convert_sequence/sub-{broken}_T1w.log"
     assert str(log.relative_to(workdir)) in out, "the error summary does not point to the failed job's log"
-    assert log.is_file() and broken in log.read_text(), log.read_text()[-2000:] if log.is_file() else out[-3000:]
+    assert log.is_file(), out[-3000:]
+    text = log.read_text()
+    assert broken in text and re.search(r"DicomError: .*file \S+\.dcm", text), text[-2000:]
 
     # The good subjects' downstream outputs were recomputed in this very run, from valid inputs.
     for s in good:
@@ -172,12 +175,12 @@ def _assert_no_broken_files(results: Path) -> None:
             pd.read_csv(path, sep="\t")
 
 
-def _retrain_setup(tmp_path: Path, tiny_run: Path, name: str, config: Path) -> Path:
-    """A copy of the tiny run whose models must be retrained under ``config``.
+def _retrain_setup(tmp_path: Path, tiny_run: Path, name: str, *, verify: bool = True) -> Path:
+    """A copy of the tiny run whose models must be retrained (under a config with other settings).
 
     Models are protected outputs: the documented way to retrain is to delete them by hand.
     """
-    workdir = _clone_run(tiny_run, tmp_path / name)
+    workdir = _clone_run(tiny_run, tmp_path / name, verify=verify)
     for model in (workdir / "results/train").glob("fold-*/model.pt"):
         model.unlink()
     return workdir
@@ -185,11 +188,14 @@ def _retrain_setup(tmp_path: Path, tiny_run: Path, name: str, config: Path) -> P
 
 def test_kill_mid_training_then_rerun_resumes_and_completes(tmp_path: Path, tiny_run: Path) -> None:
     cfg = yaml.safe_load(TINY_CONFIG.read_text())
-    # A few seconds per epoch; checkpoints after epochs 1-3 to resume from.
+    # Checkpoints after epochs 1-3 to resume from; ~0.5 s per epoch on 2 idle cores, and the kill
+    # lands within ~0.1 s of the first checkpoint. (Longer schedules make this tiny model predict
+    # empty masks, on which radiomics fails.)
     cfg["segmentation"]["train"].update(epochs=4, iterations_per_epoch=8)
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    workdir = _retrain_setup(tmp_path, tiny_run, "wd", config)
+    # Key order kept: Snakemake compares dict params by repr, so a reordered section would rerun its rules.
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    workdir = _retrain_setup(tmp_path, tiny_run, "wd")
     train = workdir / "results/train"
 
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -203,7 +209,7 @@ def test_kill_mid_training_then_rerun_resumes_and_completes(tmp_path: Path, tiny
                 assert proc.poll() is None, "run ended before training checkpointed: " + (
                     tmp_path / "killed_run.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "no training checkpoint within the time limit"
-                time.sleep(0.1)
+                time.sleep(0.05)
         finally:
             _kill_group(proc)
     fold_dir = ckpts[0].parent
@@ -238,8 +244,15 @@ def test_kill_mid_training_then_rerun_resumes_and_completes(tmp_path: Path, tiny
         assert used & models, f"{pred} does not record a retrained model among its inputs"
         _assert_native_mask(results, s)
 
+    # Only training and what depends on it ran: nothing upstream was redone (mtimes are those of tiny_run).
+    for stage in ("convert", "coregister", "n4", "skullstrip", "normalise", "split"):
+        files = [p for p in (results / stage).rglob("*") if p.is_file()]
+        assert files, stage
+        redone = [p for p in files if p.stat().st_mtime != (tiny_run / p.relative_to(workdir)).stat().st_mtime]
+        assert not redone, f"upstream outputs recomputed: {redone[:5]}"
+
     # Resuming is exact: an uninterrupted training of the same fold gives the same bytes.
-    reference = _retrain_setup(tmp_path, tiny_run, "wd_ref", config)
+    reference = _retrain_setup(tmp_path, tiny_run, "wd_ref", verify=False)
     target = f"results/train/fold-{fold}/model.pt"
     run(snakemake_cmd(reference, "--cores", "2", target, configfile=config), timeout=RUN_TIMEOUT)
     assert sha256_file(reference / target) == sha256_file(workdir / target), "resumed model differs"
