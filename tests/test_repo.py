@@ -64,3 +64,24 @@ def test_scripts_are_thin_adapters(script: Path) -> None:
 def test_modules_stay_small(module: Path) -> None:
     n = len(module.read_text().splitlines())
     assert n <= 450, f"{module.relative_to(REPO)} has {n} lines; split it by concern"
+
+
+def _tool(name: str) -> str:
+    import sys
+
+    return str(Path(sys.executable).parent / name)
+
+
+def test_ruff_is_clean() -> None:
+    import subprocess
+
+    proc = subprocess.run([_tool("ruff"), "check", "src", "scripts", "tests", "benchmarks"], cwd=REPO,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+def test_mypy_is_clean() -> None:
+    import subprocess
+
+    proc = subprocess.run([_tool("mypy")], cwd=REPO, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:]

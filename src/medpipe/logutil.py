@@ -14,10 +14,11 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def configure(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
     """Send medpipe's log records to ``log_file`` (or stderr) at ``level``."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    handler: logging.Handler
     if log_file is None:
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler = logging.StreamHandler(sys.stderr)
     else:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file, mode="w")
