@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.workflow.conftest import TINY_CONFIG, run, snakemake_cmd
+from tests.workflow.conftest import REPO, TINY_CONFIG, run, snakemake_cmd
 
 pytestmark = pytest.mark.workflow
 
@@ -126,3 +127,25 @@ def test_sheet_row_with_missing_folder_stops_before_any_job(tmp_path: Path, tiny
 def test_lint_is_clean(tiny_workdir: Path) -> None:
     proc = run(snakemake_cmd(tiny_workdir, "--lint"), check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_second_run_from_scratch_is_bit_identical_and_verify_catches_a_byte(
+    tmp_path: Path, tiny_workdir: Path, tiny_run: Path
+) -> None:
+    """Deterministic mode: a second run of the whole tiny workflow reproduces every output bit for bit."""
+    wd = _fresh_workdir(tmp_path, tiny_workdir)
+    run(snakemake_cmd(wd, "--cores", "2", "--profile", str(REPO / "profiles" / "default")))
+    medpipe = str(Path(sys.executable).parent / "medpipe")
+    diff = run([medpipe, "audit", "diff", str(tiny_run / "results"), str(wd / "results"),
+                "--out", str(tmp_path / "diff.json")], check=False)
+    result = json.loads((tmp_path / "diff.json").read_text())
+    assert diff.returncode == 0 and result["identical"], diff.stdout[-4000:]
+    assert result["stages"]["train"]["files"] > 0 and result["stages"]["radiomics"]["files"] > 0
+
+    target = wd / "results/evaluate/metrics.tsv"
+    data = bytearray(target.read_bytes())
+    data[-2] = ord("7") if data[-2] != ord("7") else ord("8")
+    target.write_bytes(bytes(data))
+    verify = run([medpipe, "audit", "verify", str(wd / "results")], check=False)
+    assert verify.returncode != 0
+    assert "evaluate/metrics.tsv" in verify.stdout + verify.stderr
