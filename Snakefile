@@ -29,6 +29,11 @@ include: "rules/stats.smk"
 include: "rules/audit.smk"
 
 
+# A run that ends with failed jobs (--keep-going) lists them as a sign-off sheet: see medpipe.failures.
+onerror:
+    write_failures(log, FAILED_JOBS, private_paths=SHEET_PATHS)
+
+
 rule all:
     input:
         get_final_outputs,

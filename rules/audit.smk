@@ -4,6 +4,7 @@
 rule review_list:
     input:
         records=get_uncertainty_files,
+        signoff=get_signoff,
     output:
         table=report(
             "results/audit/flagged_cases.tsv",

@@ -3,6 +3,8 @@ from pathlib import Path
 
 from medpipe.config import load_subject_sheet, validate_config
 from medpipe.determinism import export_job_environment
+from medpipe.failures import write_failures
+from medpipe.resources import estimate_mem_mb
 from medpipe.review import excluded_subjects
 from medpipe.seg.split import assign_folds
 
@@ -32,6 +34,8 @@ def _workflow_path(path):
 
 
 RADIOMICS_PARAMS = _workflow_path(config["radiomics"]["params"])
+FAILED_JOBS = "logs/failed_jobs.tsv"  # written by the Snakefile's onerror handler
+SHEET_PATHS = [v for column in ("dicom", "label") for v in SHEET[column] if v]  # redacted from its reasons
 
 
 def _alternatives(values):
@@ -44,6 +48,17 @@ wildcard_constraints:
     moving=_alternatives(MOVING),
     source="human|auto",
     fold=r"\d+",
+
+
+# --- resources -------------------------------------------------------------------------------
+
+def mem_mb_scaled(base_mb, per_image_mib):
+    """``mem_mb`` of a rule: at least ``base_mb``, more for large input images, more on each retry."""
+
+    def _mem_mb(wildcards, input, attempt):
+        return estimate_mem_mb(input, base_mb=base_mb, per_image_mib=per_image_mib, attempt=attempt)
+
+    return _mem_mb
 
 
 # --- convert ---------------------------------------------------------------------------------
@@ -168,6 +183,12 @@ def get_signoff_file(wildcards):
 
 def get_uncertainty_files(wildcards):
     return [f"results/predict/sub-{s}/sub-{s}_uncertainty.json" for s in SUBJECTS]
+
+
+def get_signoff(wildcards):
+    """The reviewer sign-off file (config review.signoff) as an input, so editing it re-makes the review page."""
+    signoff = config.get("review", {}).get("signoff")
+    return [signoff] if signoff else []
 
 
 # --- final targets ---------------------------------------------------------------------------

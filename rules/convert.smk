@@ -53,7 +53,7 @@ rule convert_label:
         "benchmarks/convert_label/sub-{subject}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb_scaled(2000, 20),
         runtime=10,
     conda:
         "../envs/convert.yaml"

@@ -16,7 +16,7 @@ rule evaluate_subject:
         "benchmarks/evaluate_subject/sub-{subject}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb_scaled(2000, 30),
         runtime=10,
     conda:
         "../envs/evaluate.yaml"

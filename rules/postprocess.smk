@@ -26,7 +26,7 @@ rule postprocess:
         "benchmarks/postprocess/sub-{subject}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb_scaled(2000, 30),
         runtime=10,
     conda:
         "../envs/evaluate.yaml"
@@ -73,7 +73,7 @@ rule export_dicom_seg:
         "benchmarks/export_dicom_seg/sub-{subject}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb_scaled(2000, 20),
         runtime=10,
     conda:
         "../envs/evaluate.yaml"

@@ -28,7 +28,7 @@ rule coregister:
         "benchmarks/coregister/sub-{subject}_{sequence}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb_scaled(2000, 20),
         runtime=20,
     conda:
         "../envs/preprocess.yaml"
@@ -59,7 +59,7 @@ rule n4:
         "benchmarks/n4/sub-{subject}_{sequence}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb_scaled(2000, 40),
         runtime=15,
     conda:
         "../envs/preprocess.yaml"
@@ -88,7 +88,7 @@ rule skullstrip:
         "benchmarks/skullstrip/sub-{subject}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb_scaled(4000, 60),
         runtime=15,
     conda:
         "../envs/preprocess.yaml"
@@ -119,7 +119,7 @@ rule normalise:
         "benchmarks/normalise/sub-{subject}_{sequence}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb_scaled(2000, 15),
         runtime=10,
     conda:
         "../envs/preprocess.yaml"
@@ -140,7 +140,7 @@ rule resample_label:
         "benchmarks/resample_label/sub-{subject}.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb_scaled(1000, 20),
         runtime=5,
     conda:
         "../envs/preprocess.yaml"

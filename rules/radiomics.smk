@@ -15,7 +15,7 @@ rule radiomics:
         "benchmarks/radiomics/sub-{subject}_mask-{source}.tsv"
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=mem_mb_scaled(3000, 30),
         runtime=20,
     conda:
         "../envs/radiomics.yaml"

@@ -51,7 +51,7 @@ rule train:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=mem_mb_scaled(8000, 10),
         runtime=120,
     conda:
         "../envs/segment.yaml"
@@ -87,7 +87,7 @@ rule predict:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=4000,
+        mem_mb=mem_mb_scaled(4000, 100),
         runtime=20,
     conda:
         "../envs/segment.yaml"

@@ -43,6 +43,23 @@ def test_flagged_cases_table_and_html(tmp_path: Path) -> None:
     assert "2 of 4 case records are flagged" in html and "<td>04</td>" in html
 
 
+def test_review_page_lists_the_subjects_the_signoff_excludes(tmp_path: Path) -> None:
+    records = _records(tmp_path)
+    signoff = tmp_path / "failed_jobs.tsv"
+    signoff.write_text("subject\tstage\tdecision\tcomment\trule\tlog\n"
+                       "BAD1\tconvert_sequence\texclude\tjob convert_sequence failed: DicomError: truncated\t"
+                       "convert_sequence\tlogs/convert_sequence/sub-BAD1_T1w.log\n"
+                       "04\tpredict\tok\tlooked fine\t\t\n")
+    write_flagged_cases(records, tmp_path / "flagged.tsv", tmp_path / "flagged.html", signoff=signoff)
+    html = (tmp_path / "flagged.html").read_text()
+    excluded = html.split("Subjects excluded by the sign-off", 1)[1]
+    assert "1 subject(s) are excluded from this run by the sign-off failed_jobs.tsv" in html
+    assert "<td>BAD1</td>" in excluded and "job convert_sequence failed: DicomError: truncated" in excluded
+    assert "<td>04</td>" not in excluded  # approved, not excluded
+    table = pd.read_csv(tmp_path / "flagged.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert table.set_index("subject").loc["04", "decision"] == "ok"
+
+
 def test_no_flags_gives_an_empty_table(tmp_path: Path) -> None:
     path = tmp_path / "results/predict/sub-01/sub-01_uncertainty.json"
     path.parent.mkdir(parents=True)

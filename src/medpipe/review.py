@@ -182,11 +182,14 @@ def write_flagged_cases(
 ) -> list[FlaggedCase]:
     """Write the flagged cases as a sign-off template TSV (and an HTML table for the report).
 
-    Decisions already in ``signoff`` are carried over, so the table shows what is still open.
+    Decisions already in ``signoff`` are carried over, so the table shows what is still open. The
+    HTML page also lists every subject the sign-off excludes from this run, with the stage and the
+    comment (for failed jobs: the rule and the error, see :mod:`medpipe.failures`).
     """
     records = list(records)
     cases = flagged_cases(records)
-    done = {(s.subject, s.stage): s for s in (read_signoff(signoff) if signoff else [])}
+    decisions = read_signoff(signoff) if signoff else []
+    done = {(s.subject, s.stage): s for s in decisions}
     rows = []
     for c in cases:
         prior = done.get((c.subject, c.stage))
@@ -201,7 +204,13 @@ def write_flagged_cases(
         intro = (f"{len(cases)} of {len(records)} case records are flagged for review. Fill 'decision' "
                  "(ok / redo / exclude) in results/audit/flagged_cases.tsv and set config review.signoff "
                  "to it.")
-        write_html_tables({"Cases flagged for review": table}, out_html, title="Cases flagged for review",
-                          intro=intro)
+        excluded = pd.DataFrame(
+            [{"subject": d.subject, "stage": d.stage, "comment": d.comment} for d in decisions
+             if d.decision == "exclude"], columns=["subject", "stage", "comment"])
+        if len(excluded):
+            intro += (f" {excluded['subject'].nunique()} subject(s) are excluded from this run by the sign-off "
+                      f"{Path(signoff).name if signoff else ''}: no output of theirs enters the cohort tables.")
+        write_html_tables({"Cases flagged for review": table, "Subjects excluded by the sign-off": excluded},
+                          out_html, title="Cases flagged for review", intro=intro)
     logger.info("%d of %d records flagged for review -> %s", len(cases), len(records), out_tsv)
     return cases

@@ -42,6 +42,8 @@ STAGES = ["convert", "n4", "predict"]
 def get_uncertainty_files(wildcards):
     return [f"results/predict/sub-{s}/sub-{s}_uncertainty.json" for s in SUBJECTS]
 
+def get_signoff(wildcards):
+    return []
 def get_manifest_inputs(wildcards):
     return [f"results/{st}/sub-{s}/sub-{s}_qc.png" for st in STAGES for s in SUBJECTS] + [
         "results/audit/flagged_cases.tsv"]

@@ -17,6 +17,7 @@ mtimes kept) instead of running the whole workflow again; the copy must be up to
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -155,6 +156,30 @@ def test_broken_subject_fails_only_its_own_jobs(tmp_path: Path, tiny_run: Path) 
     # Cohort tables that need every subject wait for the fix (or for the subject's removal).
     assert not (res / "radiomics/features.tsv").exists()
     assert not (res / "audit/manifest.json").exists()
+
+    # The failed jobs were written as a sign-off sheet (decision "exclude", reason from the job log)...
+    failures = pd.read_csv(workdir / "logs/failed_jobs.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert set(failures["subject"]) == {broken}, failures
+    assert set(failures["rule"]) == {"convert_sequence"} and (failures["decision"] == "exclude").all()
+    assert failures["comment"].str.contains("DicomError: ").all(), failures["comment"].tolist()
+    assert not failures["comment"].str.contains(str(sheet.loc[0, "dicom"]).rsplit("/", 1)[0]).any()
+    # ... which, fed back as review.signoff, drops the broken subject: the run completes, and the
+    # report (built from it) lists the subject with the failed rule and the reason.
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["review"] = {"signoff": "logs/failed_jobs.tsv"}
+    signed = tmp_path / "signed.yaml"
+    signed.write_text(yaml.safe_dump(cfg))
+    run(snakemake_cmd(workdir, "--cores", "2", configfile=signed), timeout=RUN_TIMEOUT)
+    features = pd.read_csv(res / "radiomics/features.tsv", sep="\t", dtype={"subject": str})
+    assert broken not in set(features["subject"]) and set(features["subject"]) == set(good)
+    assert (res / "audit/manifest.json").is_file()
+    run(snakemake_cmd(workdir, "--cores", "1", "--report", "results/report.html", configfile=signed))
+    page = (res / "audit/flagged_cases.html").read_text()
+    assert "Subjects excluded by the sign-off" in page and broken in page
+    assert "job convert_sequence failed: DicomError: " in page
+    report = (res / "report.html").read_text()
+    payloads = b"\n".join(base64.b64decode(b) for b in re.findall(r"base64,([A-Za-z0-9+/=]+)", report))
+    assert b"job convert_sequence failed: DicomError: " in payloads and broken.encode() in payloads
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
