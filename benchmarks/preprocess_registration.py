@@ -25,13 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_registration import random_rigid, target_registration_error
 
 from medpipe.geometry import geometry_of
+from medpipe.metrics import dice_score
 from medpipe.qc import save_overlay
 from medpipe.registration import apply_linear_transform, register_linear
 from medpipe.resample import resample_to_grid
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
 
 
 def main() -> None:
@@ -59,21 +56,21 @@ def main() -> None:
         ct = nib.load(root / case / "CT_image.nii.gz")
         ct_mask = nib.load(root / case / "CT_mask.nii.gz")
         both = nib.Nifti1Image(np.asarray(ct_mask.dataobj).astype(np.float32), ct_mask.affine)
-        identity = dice(resample_to_grid(ct_mask, geometry_of(mr), interpolation="label") > 0, ref)
+        identity = dice_score(resample_to_grid(ct_mask, geometry_of(mr), interpolation="label") > 0, ref)
         rng = np.random.default_rng(100 + int(case[-3:]))
         moved_ct, truth = random_rigid(ct, rng, default=-1000.0)
         moved_mask, _ = random_rigid(both, np.random.default_rng(100 + int(case[-3:])))
         moved_mask = nib.Nifti1Image(
             (np.asarray(moved_mask.dataobj) > 0.5).astype(np.float32), moved_mask.affine
         )
-        perturbed = dice(resample_to_grid(moved_mask, geometry_of(mr), interpolation="nearest") > 0, ref)
+        perturbed = dice_score(resample_to_grid(moved_mask, geometry_of(mr), interpolation="nearest") > 0, ref)
         for init in ("identity", "geometry"):
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
                 moved, mat = register_linear(mr, moved_ct, {"initialization": init}, seed=3, workdir=tmp)
                 warped = apply_linear_transform(moved_mask, mr, mat, interpolation="label") > 0
             print(
-                f"| {case} | {init} | {identity:.3f} | {perturbed:.3f} | {dice(warped, ref):.3f} | "
+                f"| {case} | {init} | {identity:.3f} | {perturbed:.3f} | {dice_score(warped, ref):.3f} | "
                 f"{time.perf_counter() - t0:.1f} |",
                 flush=True,
             )

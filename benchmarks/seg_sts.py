@@ -33,6 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medpipe.io import load_nifti, nib_to_sitk, save_nifti, sitk_to_nib
+from medpipe.metrics import dice_score
 from medpipe.postprocess import DEFAULTS as POSTPROCESS_DEFAULTS
 from medpipe.postprocess import clean_binary
 from medpipe.seg.infer import predict_case
@@ -127,11 +128,6 @@ def to_native(prob_path: Path, native: nib.Nifti1Image) -> np.ndarray:
     return np.asarray(out.dataobj) >= 0.5
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * float(np.logical_and(a, b).sum()) / s
-
-
 def ellipsoid_baseline(train: list[str], data: Path) -> np.ndarray:
     """Mean semi-axes (mm, along the image axes) of the training tumours, scaled to their mean volume."""
     axes, volumes = [], []
@@ -206,9 +202,9 @@ def run_fold(
             {
                 "fold": fold,
                 "patient": p,
-                "dice_raw": dice(pred, truth),
-                "dice": dice(cleaned, truth),
-                "baseline": dice(ellipsoid_mask(native, semi), truth),
+                "dice_raw": dice_score(pred, truth),
+                "dice": dice_score(cleaned, truth),
+                "baseline": dice_score(ellipsoid_mask(native, semi), truth),
                 "infer_s": infer_s,
                 "train_s": train_s,
                 "uncertainty": unc["uncertainty_score"],

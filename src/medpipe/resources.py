@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -43,11 +44,11 @@ def image_mib(paths: Iterable[str | Path]) -> float:
         if not path.name.endswith(_NIFTI_SUFFIXES):
             continue
         try:
-            stat = path.stat()
+            info = path.stat()
         except OSError:  # not made yet
             continue
-        if path.is_file():
-            total += _voxel_mib(str(path), stat.st_mtime_ns, stat.st_size)
+        if stat.S_ISREG(info.st_mode):
+            total += _voxel_mib(str(path), info.st_mtime_ns, info.st_size)
     return total
 
 

@@ -209,7 +209,7 @@ def write_flagged_cases(
              if d.decision == "exclude"], columns=["subject", "stage", "comment"])
         if len(excluded):
             intro += (f" {excluded['subject'].nunique()} subject(s) are excluded from this run by the sign-off "
-                      f"{Path(signoff).name if signoff else ''}: no output of theirs enters the cohort tables.")
+                      f"{Path(str(signoff)).name}: no output of theirs enters the cohort tables.")
         write_html_tables({"Cases flagged for review": table, "Subjects excluded by the sign-off": excluded},
                           out_html, title="Cases flagged for review", intro=intro)
     logger.info("%d of %d records flagged for review -> %s", len(cases), len(records), out_tsv)
