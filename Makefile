@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo demo-data test lint lock clean
+.PHONY: venv demo demo-data sts test lint lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "medpipe needs Python 3.11")'
@@ -26,6 +26,20 @@ demo: demo-data
 	source $(BIN)/activate && snakemake --cores $(CORES) --profile profiles/default
 	source $(BIN)/activate && snakemake --cores 1 --profile profiles/default --report results/report.html
 	@echo "medpipe demo finished. Report: $(CURDIR)/results/report.html"
+
+# Real data (developers and CI machines only): the 38 IBSI soft-tissue-sarcoma patients from ../shared,
+# read as NIfTI, 5-fold CV, radiomics of human / automatic / perturbed masks. Report: $(STS_DIR)/results/report.html
+SHARED ?= $(abspath ../shared)
+STS_DIR ?= runs/ibsi_sts
+STS_SMK = source $(BIN)/activate && snakemake -s $(CURDIR)/Snakefile --directory $(STS_DIR) \
+	--configfile $(CURDIR)/config/ibsi_sts.yaml --workflow-profile $(CURDIR)/profiles/default
+
+sts: venv
+	$(BIN)/medpipe sheet $(SHARED)/data/ibsi_sts/nifti --label MR_T1_mask.nii.gz --require MR_T1_image.nii.gz \
+	  --out $(STS_DIR)/subjects.tsv
+	$(STS_SMK) --cores $(CORES)
+	$(STS_SMK) --cores 1 --report $(STS_DIR)/results/report.html
+	@echo "medpipe STS run finished. Report: $(CURDIR)/$(STS_DIR)/results/report.html"
 
 test: venv
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \

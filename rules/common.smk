@@ -1,7 +1,7 @@
 # Validation of config and subject sheet, wildcard constraints and every input function.
 from pathlib import Path
 
-from medpipe.config import load_subject_sheet, validate_config
+from medpipe.config import load_subject_sheet, nifti_inputs, validate_config
 from medpipe.determinism import export_job_environment
 from medpipe.failures import write_failures
 from medpipe.resources import estimate_mem_mb
@@ -11,7 +11,7 @@ from medpipe.seg.split import assign_folds
 SCHEMAS = Path(workflow.basedir) / "config" / "schemas"
 
 validate_config(config, SCHEMAS / "config.schema.yaml")
-SHEET = load_subject_sheet(config["subjects"], SCHEMAS / "subjects.schema.yaml")
+SHEET = load_subject_sheet(config["subjects"], SCHEMAS / "subjects.schema.yaml", required_files=nifti_inputs(config))
 
 # Must be in the environment before each job's Python starts (ITK reads its thread count once).
 JOB_ENVIRONMENT = export_job_environment(config["deterministic"])
@@ -25,6 +25,8 @@ MOVING = [s for s in SEQUENCES if s != REF]
 FOLDS = assign_folds(LABELLED, config["segmentation"]["folds"], config["seed"]) if LABELLED else {}
 N_FOLDS = config["segmentation"]["folds"]
 SOURCES = [s for s in config["radiomics"]["sources"] if s == "auto" or LABELLED]
+# Perturbed copies of the human mask (robustness analysis); each is one more radiomics mask source.
+PERTURBATIONS = list(config["radiomics"]["perturbations"]) if LABELLED else []
 
 
 def _workflow_path(path):
@@ -46,7 +48,8 @@ wildcard_constraints:
     subject="[A-Za-z0-9]+",  # the sheet schema enforces it; an alternation of 1,000 IDs slows the DAG
     sequence=_alternatives(SEQUENCES),
     moving=_alternatives(MOVING),
-    source="human|auto",
+    source="human|auto|erode|dilate|shift|noise",
+    perturbation="erode|dilate|shift",
     fold=r"\d+",
 
 
@@ -65,6 +68,13 @@ def mem_mb_scaled(base_mb, per_image_mib):
 
 def get_dicom_dir(wildcards):
     return SHEET.loc[wildcards.subject, "dicom"]
+
+
+def get_sequence_source(wildcards):
+    """The subject's DICOM folder, or the NIfTI file that the sequence's ``nifti`` selector names in it."""
+    folder = SHEET.loc[wildcards.subject, "dicom"]
+    nifti = config["sequences"][wildcards.sequence].get("nifti")
+    return str(Path(folder) / nifti) if nifti else folder
 
 
 def get_sequence_selector(wildcards):
@@ -160,20 +170,27 @@ def get_all_subject_metrics(wildcards):
 
 
 def get_radiomics_image(wildcards):
+    if wildcards.source == "noise":
+        s = wildcards.subject
+        return f"results/radiomics/sub-{s}/sub-{s}_desc-noise_{REF}.nii.gz"
     return get_n4_reference(wildcards)
 
 
 def get_radiomics_mask(wildcards):
     s = wildcards.subject
-    if wildcards.source == "human":
+    if wildcards.source in ("human", "noise"):
         return f"results/convert/sub-{s}/sub-{s}_desc-human_mask.nii.gz"
+    if wildcards.source in PERTURBATIONS:
+        return f"results/radiomics/sub-{s}/sub-{s}_desc-{wildcards.source}_mask.nii.gz"
     return f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz"
 
 
 def get_all_feature_tables(wildcards):
-    subjects = {"human": LABELLED, "auto": SUBJECTS}
+    subjects = {"human": LABELLED, "auto": SUBJECTS, **{p: LABELLED for p in PERTURBATIONS}}
     return [
-        f"results/radiomics/sub-{s}/sub-{s}_mask-{src}_features.tsv" for src in SOURCES for s in subjects[src]
+        f"results/radiomics/sub-{s}/sub-{s}_mask-{src}_features.tsv"
+        for src in [*SOURCES, *PERTURBATIONS]
+        for s in subjects[src]
     ]
 
 
@@ -203,6 +220,8 @@ def get_final_outputs(wildcards=None):
         outs += ["results/evaluate/summary.tsv"]
     if "human" in SOURCES and "auto" in SOURCES and len(LABELLED) >= 3:
         outs += ["results/stats/reproducibility.tsv"]
+    if PERTURBATIONS and len(LABELLED) >= 3:
+        outs += ["results/stats/robustness.tsv"]
     return outs
 
 

@@ -1,9 +1,10 @@
-# Convert: DICOM series -> de-identified NIfTI (dcm2niix), and the human label onto the reference grid.
+# Convert: DICOM series -> de-identified NIfTI (dcm2niix) or a NIfTI input re-written without header text,
+# and the human label onto the reference grid.
 
 
 rule convert_sequence:
     input:
-        dicom=get_dicom_dir,
+        source=get_sequence_source,
     output:
         image="results/convert/sub-{subject}/sub-{subject}_{sequence}.nii.gz",
         sidecar="results/convert/sub-{subject}/sub-{subject}_{sequence}.json",

@@ -1,5 +1,6 @@
 # Radiomics: pyradiomics features of the N4-corrected reference sequence inside the human and the
 # automatic masks (native grid), with IBSI codes and provenance on every row; then one long table.
+# Optional robustness sources: the human mask eroded / dilated / shifted, or the image with noise.
 
 
 rule radiomics:
@@ -51,3 +52,47 @@ rule radiomics_table:
         "../envs/radiomics.yaml"
     script:
         "../scripts/radiomics_table.py"
+
+
+rule perturb_mask:
+    input:
+        mask="results/convert/sub-{subject}/sub-{subject}_desc-human_mask.nii.gz",
+    output:
+        mask="results/radiomics/sub-{subject}/sub-{subject}_desc-{perturbation}_mask.nii.gz",
+        sidecar="results/radiomics/sub-{subject}/sub-{subject}_desc-{perturbation}_mask.json",
+    log:
+        "logs/perturb_mask/sub-{subject}_{perturbation}.log",
+    benchmark:
+        "benchmarks/perturb_mask/sub-{subject}_{perturbation}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_scaled(1000, 10),
+        runtime=5,
+    conda:
+        "../envs/radiomics.yaml"
+    script:
+        "../scripts/perturb_mask.py"
+
+
+rule perturb_image:
+    input:
+        image=get_n4_reference,
+        mask="results/convert/sub-{subject}/sub-{subject}_desc-human_mask.nii.gz",
+    output:
+        image=f"results/radiomics/sub-{{subject}}/sub-{{subject}}_desc-noise_{REF}.nii.gz",
+        sidecar=f"results/radiomics/sub-{{subject}}/sub-{{subject}}_desc-noise_{REF}.json",
+    params:
+        fraction=config["radiomics"]["noise_fraction"],
+        seed=config["seed"],
+    log:
+        "logs/perturb_image/sub-{subject}.log",
+    benchmark:
+        "benchmarks/perturb_image/sub-{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_scaled(1000, 20),
+        runtime=5,
+    conda:
+        "../envs/radiomics.yaml"
+    script:
+        "../scripts/perturb_image.py"

@@ -42,3 +42,44 @@ rule reproducibility:
         "../envs/radiomics.yaml"
     script:
         "../scripts/reproducibility.py"
+
+
+rule robustness:
+    input:
+        features="results/radiomics/features.tsv",
+    output:
+        table=report(
+            "results/stats/robustness.tsv",
+            caption="../report/robustness.rst",
+            category="7. Reproducibility",
+            subcategory="Mask perturbations",
+        ),
+        by_class=report(
+            "results/stats/robustness_by_class.tsv",
+            caption="../report/robustness.rst",
+            category="7. Reproducibility",
+            subcategory="Mask perturbations",
+        ),
+        plot=report(
+            "results/stats/robustness.png",
+            caption="../report/robustness.rst",
+            category="7. Reproducibility",
+            subcategory="Mask perturbations",
+        ),
+    params:
+        perturbations=PERTURBATIONS,
+        cutoff=config["stats"]["ccc_cutoff"],
+        n_boot=config["stats"]["bootstrap"],
+        seed=config["seed"],
+    log:
+        "logs/robustness/robustness.log",
+    benchmark:
+        "benchmarks/robustness/robustness.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../envs/radiomics.yaml"
+    script:
+        "../scripts/robustness.py"

@@ -1,11 +1,11 @@
-"""Snakemake adapter: convert one DICOM series of a subject to de-identified NIfTI (dcm2niix)."""
+"""Snakemake adapter: one sequence of a subject to de-identified NIfTI (DICOM via dcm2niix, or a NIfTI input)."""
 
 from medpipe.dicom.convert import convert_sequence
 from medpipe.logutil import script_logging
 
 with script_logging(snakemake.log[0]):
     convert_sequence(
-        snakemake.input.dicom,
+        snakemake.input.source,
         snakemake.output.image,
         snakemake.output.deid,
         snakemake.output.qc,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medpipe.config import load_subject_sheet, validate_config
+from medpipe.config import load_subject_sheet, nifti_inputs, validate_config
 from medpipe.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,3 +75,27 @@ def test_subject_sheet_errors_name_rows(tmp_path: Path) -> None:
 def test_missing_sheet_tells_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="demo-data"):
         load_subject_sheet(tmp_path / "none.tsv", SHEET_SCHEMA)
+
+
+def test_nifti_reference_refuses_dicom_seg_export() -> None:
+    cfg = _config()
+    cfg["sequences"] = {"T1w": {"nifti": "MR_T1_image.nii.gz"}}
+    with pytest.raises(ConfigError, match=r"postprocess.dicom_seg.*sequences.T1w.nifti is 'MR_T1_image.nii.gz'"):
+        validate_config(cfg, CONFIG_SCHEMA)
+    cfg["postprocess"]["dicom_seg"] = False
+    validate_config(cfg, CONFIG_SCHEMA)
+    assert nifti_inputs(cfg) == ["MR_T1_image.nii.gz"]
+    cfg["sequences"]["T1w"]["nifti"] = "image.mha"
+    with pytest.raises(ConfigError, match=r"sequences.T1w.nifti: 'image.mha' does not match"):
+        validate_config(cfg, CONFIG_SCHEMA)
+
+
+def test_sheet_names_subjects_without_the_nifti_file(tmp_path: Path) -> None:
+    for name in ("A1", "B2"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "A1" / "MR_T1_image.nii.gz").write_bytes(b"")
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("subject\tdicom\nA1\tA1\nB2\tB2\n")
+    with pytest.raises(ConfigError, match=r"row 3 \(B2\): folder 'B2' has no 'MR_T1_image.nii.gz'") as err:
+        load_subject_sheet(sheet, SHEET_SCHEMA, base_dir=tmp_path, required_files=["MR_T1_image.nii.gz"])
+    assert "A1" not in str(err.value).split("invalid subject sheet:")[1]

@@ -1,4 +1,4 @@
-"""Command-line interface: ``medpipe demo-data`` and ``medpipe audit verify|diff``.
+"""Command-line interface: ``medpipe demo-data``, ``medpipe sheet`` and ``medpipe audit verify|diff``.
 
 Thin over the package: each sub-command parses its arguments, sets up logging
 (:func:`medpipe.logutil.configure`) and calls one medpipe function. Errors raised as
@@ -56,6 +56,13 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sheet(args: argparse.Namespace) -> int:
+    from medpipe.sheet import make_subject_sheet
+
+    make_subject_sheet(args.root, args.out, label=args.label, require=args.require)
+    return 0
+
+
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
     audit = importlib.import_module("medpipe.audit")  # imported here: heavy, and optional for demo-data
     return int(audit.cli_verify(args.results_dir, args.manifest))
@@ -89,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="voxel size in mm (config demo.spacing_mm)")
     demo.add_argument("--force", action="store_true", help="regenerate even when the cohort is up to date")
     demo.set_defaults(func=_cmd_demo_data)
+
+    sheet = sub.add_parser(
+        "sheet", help="write a subject sheet for a folder of subject folders",
+        description="One row per sub-folder of ROOT; subject ID = folder name without non-alphanumerics.",
+    )
+    sheet.add_argument("root", type=Path, metavar="ROOT", help="folder holding one folder per subject")
+    sheet.add_argument("--out", type=Path, required=True, help="subject sheet (TSV) to write")
+    sheet.add_argument("--label", default=None, help="file name of the human mask inside each subject folder")
+    sheet.add_argument("--require", action="append", default=[], metavar="FILE",
+                       help="file every subject folder must hold (repeatable); folders without it are skipped")
+    sheet.set_defaults(func=_cmd_sheet)
 
     audit = sub.add_parser("audit", help="verify or compare pipeline runs")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")

@@ -8,7 +8,7 @@ about, all at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +76,22 @@ def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -
             f"  reference_sequence: {config.get('reference_sequence')!r} is not one of the configured "
             f"sequences {sorted(sequences)}"
         )
+    ref_nifti = sequences[config["reference_sequence"]].get("nifti")
+    if ref_nifti and config.get("postprocess", {}).get("dicom_seg"):
+        raise ConfigError(
+            f"  postprocess.dicom_seg: true needs a DICOM reference series, but sequences."
+            f"{config['reference_sequence']}.nifti is {ref_nifti!r}; set postprocess.dicom_seg: false"
+        )
     return config
 
 
-def load_subject_sheet(path: str | Path, schema_path: str | Path, *, base_dir: str | Path = ".") -> pd.DataFrame:
+def nifti_inputs(config: Mapping[str, Any]) -> list[str]:
+    """File names (relative to each subject's folder) that the ``nifti`` sequence selectors name."""
+    return [str(sel["nifti"]) for sel in config.get("sequences", {}).values() if sel.get("nifti")]
+
+
+def load_subject_sheet(path: str | Path, schema_path: str | Path, *, base_dir: str | Path = ".",
+                       required_files: Sequence[str] = ()) -> pd.DataFrame:
     """Read and validate the subject sheet; every referenced folder and file must exist.
 
     Parameters
@@ -90,6 +102,8 @@ def load_subject_sheet(path: str | Path, schema_path: str | Path, *, base_dir: s
         ``subjects.schema.yaml``.
     base_dir
         Directory that relative paths in the sheet are relative to (the working directory).
+    required_files
+        Files every subject's folder must hold (the ``nifti`` selectors, see :func:`nifti_inputs`).
 
     Returns
     -------
@@ -115,6 +129,9 @@ def load_subject_sheet(path: str | Path, schema_path: str | Path, *, base_dir: s
         dicom = base / str(row.get("dicom", ""))
         if row.get("dicom") and not dicom.is_dir():
             problems.append(f"  row {i} ({row.get('subject', '?')}): dicom folder {row['dicom']!r} does not exist")
+        elif row.get("dicom"):
+            problems += [f"  row {i} ({row.get('subject', '?')}): folder {row['dicom']!r} has no {name!r} "
+                         f"(a sequences.*.nifti file)" for name in required_files if not (dicom / name).is_file()]
         if row["label"] and not (base / row["label"]).exists():
             problems.append(f"  row {i} ({row.get('subject', '?')}): label file {row['label']!r} does not exist")
         rows.append(row)

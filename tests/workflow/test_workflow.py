@@ -48,6 +48,27 @@ def test_every_stage_produced_real_outputs(tiny_run: Path) -> None:
     assert {"human", "auto"} <= set(features["source"])
     repro = pd.read_csv(res / "stats/reproducibility.tsv", sep="\t")
     assert len(repro) > 50 and "ccc" in repro.columns
+    assert {"erode", "dilate", "noise"} <= set(features["source"])
+    for s in subjects:  # perturbed masks on the human mask's grid: eroded inside, dilated around it
+        human_img = nib.load(res / f"convert/sub-{s}/sub-{s}_desc-human_mask.nii.gz")
+        human = np.asarray(human_img.dataobj) > 0
+        eroded_img = nib.load(res / f"radiomics/sub-{s}/sub-{s}_desc-erode_mask.nii.gz")
+        eroded = np.asarray(eroded_img.dataobj) > 0
+        dilated = np.asarray(nib.load(res / f"radiomics/sub-{s}/sub-{s}_desc-dilate_mask.nii.gz").dataobj) > 0
+        np.testing.assert_allclose(eroded_img.affine, human_img.affine, atol=1e-6)
+        assert 0 < eroded.sum() < human.sum() < dilated.sum()
+        assert not (eroded & ~human).any() and not (human & ~dilated).any()
+        noisy = nib.load(res / f"radiomics/sub-{s}/sub-{s}_desc-noise_T1w.nii.gz")
+        n4 = nib.load(res / f"n4/sub-{s}/sub-{s}_T1w.nii.gz")
+        np.testing.assert_allclose(noisy.affine, n4.affine, atol=1e-6)
+        difference = np.asarray(noisy.dataobj, dtype=float) - np.asarray(n4.dataobj, dtype=float)
+        assert 0 < difference.std() < np.asarray(n4.dataobj, dtype=float)[human].std()
+    robust = pd.read_csv(res / "stats/robustness_by_class.tsv", sep="\t")
+    assert set(robust["perturbation"]) == {"erode", "dilate", "noise", "all"}
+    both = robust.set_index(["perturbation", "class"])["percent_reproducible"]
+    assert both[("all", "all")] <= min(both[(p, "all")] for p in ("erode", "dilate", "noise"))
+    per_feature = pd.read_csv(res / "stats/robustness.tsv", sep="\t")
+    assert {"icc31_all", "ccc_noise", "robust"} <= set(per_feature.columns)
     manifest = json.loads((res / "audit/manifest.json").read_text())
     assert manifest["files"]
 

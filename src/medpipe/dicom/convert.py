@@ -186,7 +186,8 @@ def convert_sequence(
     Parameters
     ----------
     dicom_dir
-        The subject's DICOM folder (any layout; several series allowed).
+        The subject's DICOM folder (any layout; several series allowed), or, when the selector
+        names a ``nifti`` file, that file (imported by :func:`medpipe.nifti_input.import_nifti_sequence`).
     out_image
         Output NIfTI (``.nii.gz``); its sidecar ``.json`` is written beside it.
     out_deid
@@ -196,7 +197,8 @@ def convert_sequence(
     subject, sequence
         Subject ID (from the subject sheet) and sequence name (config ``sequences``).
     selector
-        Series selection rules, see :class:`medpipe.dicom.discover.Selector`.
+        Series selection rules, see :class:`medpipe.dicom.discover.Selector`; a non-empty ``nifti``
+        key (config validation fills the others with defaults) switches to the NIfTI import.
 
     Returns
     -------
@@ -212,7 +214,11 @@ def convert_sequence(
     """
     from medpipe.qc import save_image_panel
 
-    sel = parse_selector(selector, sequence=sequence)
+    if selector.get("nifti"):
+        from medpipe.nifti_input import import_nifti_sequence
+
+        return import_nifti_sequence(dicom_dir, out_image, out_deid, out_qc, subject=subject, sequence=sequence)
+    sel = parse_selector({k: v for k, v in selector.items() if k != "nifti"}, sequence=sequence)
     root = Path(dicom_dir)
     instances = scan_dicom_folder(root, subject=subject)
     phi = phi_values(inst.header for inst in instances)
