@@ -38,7 +38,7 @@ sts: venv
 	$(BIN)/medpipe sheet $(SHARED)/data/ibsi_sts/nifti --label MR_T1_mask.nii.gz --require MR_T1_image.nii.gz \
 	  --out $(STS_DIR)/subjects.tsv
 	$(STS_SMK) --cores $(CORES)
-	$(STS_SMK) --cores 1 --report $(STS_DIR)/results/report.html
+	$(STS_SMK) --cores 1 --report results/report.html  # relative to --directory
 	@echo "medpipe STS run finished. Report: $(CURDIR)/$(STS_DIR)/results/report.html"
 
 test: venv

@@ -74,8 +74,8 @@ def main() -> None:
         f"Run: `make sts` (config `config/ibsi_sts.yaml`), {metrics['subject'].nunique()} patients read as NIfTI "
         f"from ../shared/data/ibsi_sts/nifti; {len(set(folds.values()))}-fold CV, every patient segmented by "
         "the model that never saw it. Machine: "
-        f"{platform.machine()}, {os.cpu_count()} cores, CPU only. Wall time (first to last job, "
-        f"{n_logs} Snakemake invocation(s)): {minutes:.1f} min.",
+        f"{platform.machine()}, {os.cpu_count()} cores, CPU only. Wall time (first to last job over the run's "
+        f"{n_logs} Snakemake logs, dry runs and report included): {minutes:.1f} min.",
         "Numbers below are copied from the run's own tables (`results/evaluate`, `results/stats`), which the "
         "run's report (`runs/ibsi_sts/results/report.html`, section 7. Reproducibility) shows.",
         "",

@@ -109,7 +109,7 @@ def plot_retention(by_class: pd.DataFrame, out: str | Path, *, cutoff: float, ti
 
     classes = [c for c in [*CLASSES, "all"] if c in set(by_class["class"])]
     names = list(dict.fromkeys(by_class["perturbation"]))
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
         part = by_class[by_class["perturbation"] == name].set_index("class").reindex(classes)
@@ -120,7 +120,7 @@ def plot_retention(by_class: pd.DataFrame, out: str | Path, *, cutoff: float, ti
     ax.set_ylim(0, 110)
     ax.set_ylabel(f"features with CCC >= {cutoff:.2f} (%)")
     ax.set_title(title)
-    ax.legend(title="mask perturbation", fontsize=8, loc="lower right")
+    ax.legend(title="perturbation", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out = Path(out)
     with atomic_path(out) as tmp:
