@@ -27,7 +27,9 @@ from medpipe.geometry import Geometry
 
 if TYPE_CHECKING:
     import ants
+    import pandas as pd
     import SimpleITK as sitk
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,34 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_tsv(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write a table as TSV atomically, full float precision, missing values as ``NA`` (byte-identical re-runs)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, na_rep="NA")
+    return path
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Save a matplotlib figure as PNG atomically, without the software tag (byte-identical re-runs); close it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def stored_voxels(img: nib.Nifti1Image) -> npt.NDArray[Any]:
+    """Voxel values with the header's scaling applied; unscaled images keep their stored dtype."""
+    slope, inter = img.header.get_slope_inter()
+    proxy: Any = img.dataobj
+    if slope in (None, 1.0) and inter in (None, 0.0):
+        return np.asarray(proxy.get_unscaled())
+    return np.asarray(proxy, dtype=np.float64).astype(np.float32)
 
 
 def load_nifti(path: str | Path, *, subject: str | None = None) -> nib.Nifti1Image:

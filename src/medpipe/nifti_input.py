@@ -22,7 +22,7 @@ import numpy.typing as npt
 from medpipe.dicom.deid import header_rows, write_deid_table
 from medpipe.errors import DataError
 from medpipe.geometry import Geometry
-from medpipe.io import load_nifti, save_nifti
+from medpipe.io import load_nifti, save_nifti, stored_voxels
 from medpipe.sidecar import write_sidecar
 
 logger = logging.getLogger(__name__)
@@ -30,18 +30,9 @@ logger = logging.getLogger(__name__)
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-def _voxels(img: nib.Nifti1Image) -> npt.NDArray[Any]:
-    """Voxel values with the header's scaling applied; unscaled integers keep their type."""
-    slope, inter = img.header.get_slope_inter()
-    proxy: Any = img.dataobj
-    if slope in (None, 1.0) and inter in (None, 0.0):
-        return np.asarray(proxy.get_unscaled())
-    return np.asarray(proxy, dtype=np.float64).astype(np.float32)
-
-
 def check_nifti_volume(img: nib.Nifti1Image, *, subject: str, sequence: str, path: Path) -> npt.NDArray[Any]:
     """Voxels of ``img`` after checking it is one finite 3D volume with an invertible affine."""
-    data = _voxels(img)
+    data = stored_voxels(img)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

@@ -32,7 +32,7 @@ import yaml
 from medpipe.errors import ConfigError, DataError
 from medpipe.geometry import Geometry, check_same_grid
 from medpipe.ibsi import IBSI_MAP, ibsi_values
-from medpipe.io import atomic_path
+from medpipe.io import write_tsv
 from medpipe.radiomics_ibsi.extractor import BIN_START_KEY, IbsiFeatureExtractor
 from medpipe.radiomics_ibsi.preprocess import IbsiSettings, describe, interpolate, resegment, voxel_count
 from medpipe.sidecar import sha256_file
@@ -257,10 +257,7 @@ def extract_features(
 
 def write_table(table: pd.DataFrame, out: str | Path) -> Path:
     """Write a TSV atomically with full float precision (byte-identical on re-runs)."""
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, na_rep="NA")
-    return out
+    return write_tsv(table, out)
 
 
 def collect(tables: Iterable[str | Path], out: str | Path, out_plot: str | Path | None = None) -> Path:

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from medpipe.errors import DataError
-from medpipe.io import atomic_path
-from medpipe.stats import CLASSES, MIN_SUBJECTS, icc, reproducibility_table, retention_by_class
+from medpipe.io import save_png, write_tsv
+from medpipe.stats import CLASSES, MIN_SUBJECTS, icc, read_features, reproducibility_table, retention_by_class
 
 logger = logging.getLogger(__name__)
 
@@ -122,18 +122,7 @@ def plot_retention(by_class: pd.DataFrame, out: str | Path, *, cutoff: float, ti
     ax.set_title(title)
     ax.legend(title="perturbation", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return out
-
-
-def _write_tsv(table: pd.DataFrame, out: str | Path) -> Path:
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, na_rep="NA")
-    return out
+    return save_png(fig, out)
 
 
 def robustness_report(
@@ -155,15 +144,14 @@ def robustness_report(
     Path
         ``out_table``.
     """
-    features = pd.read_csv(features_tsv, sep="\t", keep_default_na=False, na_values=["NA"],
-                           dtype={"subject": str, "ibsi_code": str})
+    features = read_features(features_tsv)
     table, by_class = robustness_tables(features, reference=reference, perturbations=perturbations,
                                         cutoff=cutoff, n_boot=n_boot, seed=seed)
     all_rows = by_class[by_class["class"] == "all"]
     logger.info("robustness of %d features: %s", len(table), "; ".join(
         f"{r['perturbation']} {r['percent_reproducible']}%" for _, r in all_rows.iterrows()))
-    _write_tsv(by_class, out_by_class)
+    write_tsv(by_class, out_by_class)
     n_subjects = int(features.loc[features["source"] == reference, "subject"].nunique())
     plot_retention(by_class, out_plot, cutoff=cutoff,
                    title=f"{reference} mask vs perturbed copies: {n_subjects} subjects, {len(table)} features")
-    return _write_tsv(table, out_table)
+    return write_tsv(table, out_table)

@@ -34,7 +34,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from medpipe.errors import DataError
-from medpipe.io import atomic_path
+from medpipe.io import save_png, write_tsv
 
 logger = logging.getLogger(__name__)
 
@@ -253,18 +253,13 @@ def plot_ccc(table: pd.DataFrame, out: str | Path, *, cutoff: float, title: str)
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return out
+    return save_png(fig, out)
 
 
-def _write_tsv(table: pd.DataFrame, out: str | Path) -> Path:
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, na_rep="NA")
-    return out
+def read_features(features_tsv: str | Path) -> pd.DataFrame:
+    """The long feature table of :func:`medpipe.radiomics.collect` (IDs and IBSI codes kept as text)."""
+    return pd.read_csv(features_tsv, sep="\t", keep_default_na=False, na_values=["NA"],
+                       dtype={"subject": str, "ibsi_code": str})
 
 
 def reproducibility_report(
@@ -299,15 +294,14 @@ def reproducibility_report(
     Path
         ``out_table``.
     """
-    features = pd.read_csv(features_tsv, sep="\t", keep_default_na=False, na_values=["NA"],
-                           dtype={"subject": str, "ibsi_code": str})
+    features = read_features(features_tsv)
     table = reproducibility_table(features, source_a=source_a, source_b=source_b, cutoff=cutoff,
                                   n_boot=n_boot, seed=seed)
     retention = retention_by_class(table)
     n_subjects = int(table["n"].max()) if len(table) else 0
     logger.info("%d features, %d subjects: %s", len(table), n_subjects,
                 "; ".join(f"{r['class']} {r['percent_reproducible']}%" for _, r in retention.iterrows()))
-    _write_tsv(retention, out_retention)
+    write_tsv(retention, out_retention)
     plot_ccc(table, out_plot, cutoff=cutoff,
              title=f"{source_b} vs {source_a} masks: {n_subjects} subjects, {len(table)} features")
-    return _write_tsv(table, out_table)
+    return write_tsv(table, out_table)

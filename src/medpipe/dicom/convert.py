@@ -27,9 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-import numpy.typing as npt
 
 from medpipe.dicom.checks import (
     SeriesLayout,
@@ -41,7 +39,7 @@ from medpipe.dicom.deid import dicom_rows, header_rows, phi_values, redact, scru
 from medpipe.dicom.discover import SeriesGroup, group_series, parse_selector, scan_dicom_folder, select_series
 from medpipe.errors import DicomError
 from medpipe.geometry import Geometry
-from medpipe.io import load_nifti, save_nifti
+from medpipe.io import load_nifti, save_nifti, stored_voxels
 from medpipe.sidecar import sha256_file, write_sidecar
 
 logger = logging.getLogger(__name__)
@@ -138,15 +136,6 @@ def run_dcm2niix(
     return images[0], bids, warnings
 
 
-def _voxels(img: nib.Nifti1Image) -> npt.NDArray[Any]:
-    """Voxel values with any NIfTI scaling applied (raw integers kept when there is none)."""
-    slope, inter = img.header.get_slope_inter()
-    proxy: Any = img.dataobj
-    if slope in (None, 1.0) and inter in (None, 0.0):
-        return np.asarray(proxy.get_unscaled())
-    return np.asarray(proxy, dtype=np.float64).astype(np.float32)
-
-
 def _input_hashes(paths: Sequence[Path]) -> dict[str, Any]:
     hashes = sorted(sha256_file(p) for p in paths)
     combined = hashlib.sha256("\n".join(hashes).encode()).hexdigest()
@@ -239,7 +228,7 @@ def convert_sequence(
             allow_tilt=sel.gantry_tilt == "resample",
         )
         img = load_nifti(nii, subject=subject)
-        data, affine = _voxels(img), np.asarray(img.affine, dtype=np.float64)
+        data, affine = stored_voxels(img), np.asarray(img.affine, dtype=np.float64)
     for w in warnings:
         logger.warning("sequence %s: dcm2niix: %s", sequence, w)
     if data.ndim == 4 and data.shape[3] == 1:
