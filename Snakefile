@@ -29,13 +29,13 @@ include: "rules/stats.smk"
 include: "rules/audit.smk"
 
 
-# A run that ends with failed jobs (--keep-going) lists them as a sign-off sheet: see medpipe.failures.
+# A run that ends with failed jobs (--keep-going) lists them as a sign-off sheet: see medpipe.audit.failures.
 onerror:
     write_failures(log, FAILED_JOBS, private_paths=SHEET_PATHS)
 
 
 rule all:
+    default_target: True
     input:
         get_final_outputs,
         "results/audit/manifest.json",
-    default_target: True

@@ -59,8 +59,17 @@ def make_cohort(workdir: Path, n_subjects: int, labelled_fraction: float = 1.0) 
 def dry_run(workdir: Path, base: Path, config: Path, extra: list[str]) -> tuple[float, int, str]:
     """Time one ``snakemake -n`` from the repository root; return (seconds, planned jobs, output)."""
     cmd = [
-        str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(base), str(config), "-n", "--quiet", "rules",
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(base),
+        str(config),
+        "-n",
+        "--quiet",
+        "rules",
         *extra,
     ]
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -93,13 +102,15 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subjects", type=int, nargs="+", default=[1000], help="cohort sizes to time")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--base-config", type=Path, default=REPO / "config" / "config.yaml",
-                        help="configuration the synthetic sheet is combined with")
+    parser.add_argument(
+        "--base-config",
+        type=Path,
+        default=REPO / "config" / "config.yaml",
+        help="configuration the synthetic sheet is combined with",
+    )
     parser.add_argument("--out", type=Path, help="Markdown file to write the results to")
     parser.add_argument("extra", nargs="*", help="extra snakemake arguments (after --)")
     args = parser.parse_args(argv)
@@ -130,8 +141,13 @@ def main(argv: list[str] | None = None) -> int:
             f"| {n} | {jobs} | {median:.2f} | {', '.join(f'{t:.2f}' for t in times)} | "
             f"{'yes' if n != 1000 or median <= GOAL_S else 'no'} |"
         )
-    lines += ["", f"Jobs per rule for the largest cohort ({args.subjects[-1]} subjects):", "",
-              "| rule | jobs |", "|---|---:|"]
+    lines += [
+        "",
+        f"Jobs per rule for the largest cohort ({args.subjects[-1]} subjects):",
+        "",
+        "| rule | jobs |",
+        "|---|---:|",
+    ]
     lines += [f"| {rule} | {n} |" for rule, n in job_table(last_output)]
     text = "\n".join(lines) + "\n"
     if args.out:

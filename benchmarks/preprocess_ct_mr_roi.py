@@ -27,10 +27,10 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_registration import random_rigid
 
-from medpipe.determinism import ants_deterministic
-from medpipe.io import nib_to_ants
-from medpipe.metrics import dice_score
-from medpipe.registration import _initial_transform, apply_linear_transform
+from medpipe.core.determinism import ants_deterministic
+from medpipe.core.io import nib_to_ants
+from medpipe.evaluate.metrics import dice_score
+from medpipe.preprocess.coregister import _initial_transform, apply_linear_transform
 
 
 def register_case(root: Path, case: str, margin: float, window: str) -> float:
@@ -54,10 +54,17 @@ def register_case(root: Path, case: str, margin: float, window: str) -> float:
         init = _initial_transform(fixed, moving, "geometry", Path(tmp))
         ants_deterministic(3)
         result = ants.registration(
-            fixed=fixed, moving=moving, type_of_transform="Rigid", initial_transform=init,
-            mask=nib_to_ants(nib.Nifti1Image(roi, mr.affine)), aff_metric="mattes",
-            aff_iterations=(200, 200, 100), aff_shrink_factors=(4, 2, 1), aff_smoothing_sigmas=(2, 1, 0),
-            aff_random_sampling_rate=0.25, outprefix=f"{tmp}/r_",
+            fixed=fixed,
+            moving=moving,
+            type_of_transform="Rigid",
+            initial_transform=init,
+            mask=nib_to_ants(nib.Nifti1Image(roi, mr.affine)),
+            aff_metric="mattes",
+            aff_iterations=(200, 200, 100),
+            aff_shrink_factors=(4, 2, 1),
+            aff_smoothing_sigmas=(2, 1, 0),
+            aff_random_sampling_rate=0.25,
+            outprefix=f"{tmp}/r_",
         )
         warped = apply_linear_transform(moved_mask, mr, result["fwdtransforms"][0], interpolation="label") > 0
     return dice_score(warped, ref)
@@ -76,8 +83,11 @@ def main() -> None:
     for margin in args.margin:
         for window in args.window:
             scores = [register_case(root, c, margin, window) for c in cases]
-            print(f"| {margin:g} | {window} | {' | '.join(f'{d:.3f}' for d in scores)} | "
-                  f"{sum(d >= 0.85 for d in scores)}/{len(scores)} |", flush=True)
+            print(
+                f"| {margin:g} | {window} | {' | '.join(f'{d:.3f}' for d in scores)} | "
+                f"{sum(d >= 0.85 for d in scores)}/{len(scores)} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

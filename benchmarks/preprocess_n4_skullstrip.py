@@ -20,8 +20,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from medpipe.bias import foreground_mask, n4_correct
-from medpipe.skullstrip import skull_strip
+from medpipe.preprocess.n4 import foreground_mask, n4_correct
+from medpipe.preprocess.skullstrip import skull_strip
 
 
 def main() -> None:

@@ -24,11 +24,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_registration import random_rigid, target_registration_error
 
-from medpipe.geometry import geometry_of
-from medpipe.metrics import dice_score
-from medpipe.qc import save_overlay
-from medpipe.registration import apply_linear_transform, register_linear
-from medpipe.resample import resample_to_grid
+from medpipe.core.geometry import geometry_of
+from medpipe.core.qc import save_overlay
+from medpipe.core.resample import resample_to_grid
+from medpipe.evaluate.metrics import dice_score
+from medpipe.preprocess.coregister import apply_linear_transform, register_linear
 
 
 def main() -> None:
@@ -60,9 +60,7 @@ def main() -> None:
         rng = np.random.default_rng(100 + int(case[-3:]))
         moved_ct, truth = random_rigid(ct, rng, default=-1000.0)
         moved_mask, _ = random_rigid(both, np.random.default_rng(100 + int(case[-3:])))
-        moved_mask = nib.Nifti1Image(
-            (np.asarray(moved_mask.dataobj) > 0.5).astype(np.float32), moved_mask.affine
-        )
+        moved_mask = nib.Nifti1Image((np.asarray(moved_mask.dataobj) > 0.5).astype(np.float32), moved_mask.affine)
         perturbed = dice_score(resample_to_grid(moved_mask, geometry_of(mr), interpolation="nearest") > 0, ref)
         for init in ("identity", "geometry"):
             t0 = time.perf_counter()

@@ -22,11 +22,12 @@ sys.path.insert(0, str(REPO / "src"))
 
 from radiomics.featureextractor import RadiomicsFeatureExtractor  # noqa: E402
 
-from medpipe.ibsi import compare_to_reference, load_reference, uncorrected_values  # noqa: E402
-from medpipe.radiomics import compute_features, load_params, read_image  # noqa: E402
+from medpipe.radiomics.extract import compute_features, load_params, read_image  # noqa: E402
+from medpipe.radiomics.ibsi import compare_to_reference, load_reference, uncorrected_values  # noqa: E402
 
 CASES = [("digital_phantom", "ibsi_1_digital_phantom", "ibsi_digital_phantom.yaml")] + [
-    (f"config_{c.upper()}", "ibsi_1_ct_radiomics_phantom", f"ibsi_ct_config_{c}.yaml") for c in "abcde"]
+    (f"config_{c.upper()}", "ibsi_1_ct_radiomics_phantom", f"ibsi_ct_config_{c}.yaml") for c in "abcde"
+]
 
 
 def _plain(params: dict, ibsi: object, image: object, mask: object) -> dict[str, float]:
@@ -39,8 +40,7 @@ def _plain(params: dict, ibsi: object, image: object, mask: object) -> dict[str,
     if getattr(ibsi, "resegment_range", None) is not None:
         setting["resegmentRange"] = list(ibsi.resegment_range)  # type: ignore[attr-defined]
     raw = RadiomicsFeatureExtractor({**params, "setting": setting}).execute(image, mask)
-    return uncorrected_values({k.split("_", 1)[1]: float(v) for k, v in raw.items()
-                               if k.startswith("original_")})
+    return uncorrected_values({k.split("_", 1)[1]: float(v) for k, v in raw.items() if k.startswith("original_")})
 
 
 def main() -> None:
@@ -49,11 +49,14 @@ def main() -> None:
     args = parser.parse_args()
     data = Path(os.environ.get("MEDPIPE_SHARED", REPO.parent / "shared")) / "data" / "ibsi_phantoms"
     table = data / "ibsi1_reference_values.csv"
-    lines = ["# IBSI-1 compliance of medpipe radiomics", "",
-             "Command: `.venv/bin/python benchmarks/radiomics_ibsi.py "
-             "--markdown benchmarks/results/radiomics_ibsi.md`",
-             "", "| data set | params | medpipe within tolerance | misses | plain pyradiomics | seconds |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "# IBSI-1 compliance of medpipe radiomics",
+        "",
+        "Command: `.venv/bin/python benchmarks/radiomics_ibsi.py --markdown benchmarks/results/radiomics_ibsi.md`",
+        "",
+        "| data set | params | medpipe within tolerance | misses | plain pyradiomics | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
     for data_set, folder, params_file in CASES:
         image = read_image(data / folder / "nifti" / "image" / "phantom.nii.gz")
         mask = read_image(data / folder / "nifti" / "mask" / "mask.nii.gz")
@@ -66,11 +69,17 @@ def main() -> None:
         ours = compare_to_reference(codes["original"], ref, force2d=force2d)
         plain = compare_to_reference(_plain(params, ibsi, image, mask), ref, force2d=force2d)
         misses = ", ".join(sorted(ours.loc[~ours["ok"], "ibsi_code"])) or "none"
-        lines.append(f"| {data_set} | {params_file} | {int(ours['ok'].sum())}/{len(ours)} | {misses} | "
-                     f"{int(plain['ok'].sum())}/{len(plain)} | {seconds:.1f} |")
-    lines += ["", "Plain pyradiomics: pyradiomics' own resampling (corner-anchored grid, nearest-neighbour "
-              "mask, no rounding), re-segmentation and binning, raw values reported under the IBSI names (no "
-              "derived features; configs D/E outlier filtering and cubic spline not applied).", ""]
+        lines.append(
+            f"| {data_set} | {params_file} | {int(ours['ok'].sum())}/{len(ours)} | {misses} | "
+            f"{int(plain['ok'].sum())}/{len(plain)} | {seconds:.1f} |"
+        )
+    lines += [
+        "",
+        "Plain pyradiomics: pyradiomics' own resampling (corner-anchored grid, nearest-neighbour "
+        "mask, no rounding), re-segmentation and binning, raw values reported under the IBSI names (no "
+        "derived features; configs D/E outlier filtering and cubic spline not applied).",
+        "",
+    ]
     text = "\n".join(lines)
     print(text)
     if args.markdown:

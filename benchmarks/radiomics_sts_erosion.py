@@ -4,7 +4,7 @@ For every patient in ../shared/data/ibsi_sts/nifti with an MR T1 image and mask,
 extracted (config/radiomics/mr.yaml, the pipeline's MR params) inside the clinicians' GTV mask
 ("human") and inside the same mask eroded by one voxel (6-connected structuring element, scipy;
 source "eroded"). The per-feature agreement and the per-class retention table come from
-medpipe.stats.reproducibility_report, exactly as in the pipeline.
+medpipe.stats.agreement.reproducibility_report, exactly as in the pipeline.
 
 Usage (from the repository root):
     OMP_NUM_THREADS=1 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 \
@@ -30,9 +30,9 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from medpipe.io import save_nifti  # noqa: E402
-from medpipe.radiomics import collect, extract_features  # noqa: E402
-from medpipe.stats import reproducibility_report  # noqa: E402
+from medpipe.core.io import save_nifti  # noqa: E402
+from medpipe.radiomics.extract import collect, extract_features  # noqa: E402
+from medpipe.stats.agreement import reproducibility_report  # noqa: E402
 
 
 def _shared() -> Path:
@@ -70,9 +70,17 @@ def main() -> None:
         timings = dict(pool.map(_one, work))
     wall = time.perf_counter() - start
     features = collect(sorted((args.out / "features").glob("*.tsv")), args.out / "features.tsv")
-    reproducibility_report(features, args.out / "reproducibility.tsv", args.out / "retention_by_class.tsv",
-                           args.out / "ccc.png", source_a="human", source_b="eroded", cutoff=0.80,
-                           n_boot=args.n_boot, seed=42)
+    reproducibility_report(
+        features,
+        args.out / "reproducibility.tsv",
+        args.out / "retention_by_class.tsv",
+        args.out / "ccc.png",
+        source_a="human",
+        source_b="eroded",
+        cutoff=0.80,
+        n_boot=args.n_boot,
+        seed=42,
+    )
     retention = pd.read_csv(args.out / "retention_by_class.tsv", sep="\t")
     table = pd.read_csv(args.out / "reproducibility.tsv", sep="\t")
     lines = [
@@ -91,9 +99,9 @@ def main() -> None:
         "",
         "## Least reproducible original features (lowest CCC)",
         "",
-        table[(table["image_type"] == "original") & (table["status"] == "ok")].nsmallest(10, "ccc")[
-            ["feature", "ccc", "ccc_ci_low", "ccc_ci_high", "icc31", "icc21"]].to_markdown(index=False,
-                                                                                      floatfmt=".3f"),
+        table[(table["image_type"] == "original") & (table["status"] == "ok")]
+        .nsmallest(10, "ccc")[["feature", "ccc", "ccc_ci_low", "ccc_ci_high", "icc31", "icc21"]]
+        .to_markdown(index=False, floatfmt=".3f"),
         "",
     ]
     text = "\n".join(lines)

@@ -110,9 +110,7 @@ def to_markdown(table: pd.DataFrame, title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("."), help="working directory of a finished run")
     parser.add_argument("--out", type=Path, help="Markdown file to write")
     parser.add_argument("--title", default="Peak memory per rule vs declared mem_mb")

@@ -2,11 +2,11 @@
 
 Uses the committed, seeded 5-fold split ``config/splits/ibsi_sts_5fold.json``. For each requested
 fold: resample MR T1 (and optionally PET, onto the MR grid) to ``--spacing`` mm, z-score each channel,
-train with :func:`medpipe.seg.train.train_fold`, predict the held-out patients with
-:func:`medpipe.seg.infer.predict_case`, bring the foreground probability back to each patient's native
+train with :func:`medpipe.segment.train.train_fold`, predict the held-out patients with
+:func:`medpipe.segment.infer.predict_case`, bring the foreground probability back to each patient's native
 MR grid (linear, threshold 0.5) and score Dice against the clinicians' mask there. The
 centred-ellipsoid baseline (mean tumour size of the training patients, centred in the image) is
-scored beside every result. The pipeline's default postprocessing (:func:`medpipe.postprocess.clean_binary`:
+scored beside every result. The pipeline's default postprocessing (:func:`medpipe.postprocess.clean.clean_binary`:
 largest 26-connected component, hole filling, on the native grid) is applied to the same prediction and
 scored too ("Dice pp"); the raw thresholded prediction is reported beside it.
 
@@ -32,13 +32,13 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from medpipe.io import load_nifti, nib_to_sitk, save_nifti, sitk_to_nib
-from medpipe.metrics import dice_score
-from medpipe.postprocess import DEFAULTS as POSTPROCESS_DEFAULTS
-from medpipe.postprocess import clean_binary
-from medpipe.seg.infer import predict_case
-from medpipe.seg.split import read_folds
-from medpipe.seg.train import train_fold
+from medpipe.core.io import load_nifti, nib_to_sitk, save_nifti, sitk_to_nib
+from medpipe.evaluate.metrics import dice_score
+from medpipe.postprocess.clean import DEFAULTS as POSTPROCESS_DEFAULTS
+from medpipe.postprocess.clean import clean_binary
+from medpipe.segment.infer import predict_case
+from medpipe.segment.split import read_folds
+from medpipe.segment.train import train_fold
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = REPO / "config" / "splits" / "ibsi_sts_5fold.json"
@@ -77,16 +77,11 @@ def _resample(
     if reference is None:
         if spacing is None:
             return src
-        size = [
-            max(1, round(n * s / t)) for n, s, t in zip(src.GetSize(), src.GetSpacing(), spacing, strict=True)
-        ]
+        size = [max(1, round(n * s / t)) for n, s, t in zip(src.GetSize(), src.GetSpacing(), spacing, strict=True)]
         reference = sitk.Image(size, sitk.sitkFloat32)
         reference.SetSpacing(spacing)
         reference.SetDirection(src.GetDirection())
-        half = [
-            (n * s - t * m) / 2
-            for n, s, t, m in zip(src.GetSize(), src.GetSpacing(), spacing, size, strict=True)
-        ]
+        half = [(n * s - t * m) / 2 for n, s, t, m in zip(src.GetSize(), src.GetSpacing(), spacing, size, strict=True)]
         corner = np.asarray(src.TransformContinuousIndexToPhysicalPoint([-0.5, -0.5, -0.5]))
         d = np.asarray(src.GetDirection()).reshape(3, 3)
         origin = corner + d @ (np.asarray(spacing) / 2 + np.asarray(half))
@@ -150,9 +145,7 @@ def ellipsoid_mask(native: nib.Nifti1Image, semi_axes: np.ndarray) -> np.ndarray
     return r2 <= 1.0
 
 
-def run_fold(
-    fold: int, args: argparse.Namespace, split: dict[str, Any], settings: dict[str, Any]
-) -> list[dict]:
+def run_fold(fold: int, args: argparse.Namespace, split: dict[str, Any], settings: dict[str, Any]) -> list[dict]:
     data, work = Path(args.data), Path(args.work) / ("mr_pet" if args.pet else "mr")
     info = split["folds"][fold]
     train = sorted(info["train"] + info["val"])
@@ -194,9 +187,7 @@ def run_fold(
         native = nib.load(data / p / "MR_T1_image.nii.gz")
         truth = np.asarray(nib.load(data / p / "MR_T1_mask.nii.gz").dataobj) > 0
         pred = to_native(out / "prob.nii.gz", native)
-        cleaned = clean_binary(
-            pred, native.header.get_zooms()[:3], POSTPROCESS_DEFAULTS, largest_component=True
-        )
+        cleaned = clean_binary(pred, native.header.get_zooms()[:3], POSTPROCESS_DEFAULTS, largest_component=True)
         unc = json.loads((out / "unc.json").read_text())
         rows.append(
             {
@@ -213,7 +204,11 @@ def run_fold(
         )
         logger.info(
             "%s: Dice %.3f (raw %.3f, ellipsoid %.3f), %.1f s",
-            p, rows[-1]["dice"], rows[-1]["dice_raw"], rows[-1]["baseline"], infer_s,
+            p,
+            rows[-1]["dice"],
+            rows[-1]["dice_raw"],
+            rows[-1]["baseline"],
+            infer_s,
         )
     return rows
 
@@ -254,9 +249,7 @@ def report(rows: list[dict], args: argparse.Namespace, settings: dict[str, Any],
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
-    print(
-        f"mean Dice {d.mean():.3f} (median {np.median(d):.3f}), ellipsoid {b.mean():.3f}; wrote {out}"
-    )
+    print(f"mean Dice {d.mean():.3f} (median {np.median(d):.3f}), ellipsoid {b.mean():.3f}; wrote {out}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -271,9 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--iterations", type=int, help="override iterations per epoch")
     ap.add_argument("--patch", type=lambda s: [int(v) for v in s.split(",")], help="override the patch size")
     ap.add_argument("--full", action="store_true", help="GPU config: larger net, patches and budget")
-    ap.add_argument(
-        "--max-test", type=int, default=0, help="score only the first N held-out patients (smoke)"
-    )
+    ap.add_argument("--max-test", type=int, default=0, help="score only the first N held-out patients (smoke)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -83,7 +83,8 @@ def main() -> None:
         "",
         "Dice etc. over all patients (bootstrap 95 % CI from the pipeline), then Dice per fold:",
         "",
-        summary[summary["metric"].isin(["dice", "jaccard", "hd95_mm", "msd_mm"])].drop(columns=["label"])
+        summary[summary["metric"].isin(["dice", "jaccard", "hd95_mm", "msd_mm"])]
+        .drop(columns=["label"])
         .to_markdown(index=False, floatfmt=".3f"),
         "",
         per_fold.to_markdown(index=False, floatfmt=".3f"),
@@ -108,7 +109,8 @@ def main() -> None:
         "## Per patient",
         "",
         metrics[["subject", "fold", "dice", "hd95_mm", "volume_human_ml", "volume_auto_ml"]]
-        .sort_values("subject").to_markdown(index=False, floatfmt=".3f"),
+        .sort_values("subject")
+        .to_markdown(index=False, floatfmt=".3f"),
         "",
     ]
     args.out.write_text("\n".join(lines))

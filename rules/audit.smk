@@ -18,18 +18,18 @@ rule review_list:
             category="8. Audit",
             subcategory="Cases flagged for review",
         ),
-    params:
-        signoff=config.get("review", {}).get("signoff"),
     log:
         "logs/review_list/review_list.log",
     benchmark:
-        "benchmarks/review_list/review_list.tsv"
+        "logs/benchmarks/review_list/review_list.tsv"
+    conda:
+        "../envs/audit.yaml"
     threads: 1
     resources:
         mem_mb=500,
         runtime=5,
-    conda:
-        "../envs/audit.yaml"
+    params:
+        signoff=config.get("review", {}).get("signoff"),
     script:
         "../scripts/review_list.py"
 
@@ -47,15 +47,15 @@ rule manifest:
             category="8. Audit",
             subcategory="Run manifest",
         ),
-    params:
-        benchmarks_dir="benchmarks",
     log:
         "logs/manifest/manifest.log",
+    conda:
+        "../envs/audit.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=30,
-    conda:
-        "../envs/audit.yaml"
+    params:
+        benchmarks_dir="logs/benchmarks",
     script:
         "../scripts/manifest.py"

@@ -1,12 +1,12 @@
 # Validation of config and subject sheet, wildcard constraints and every input function.
 from pathlib import Path
 
-from medpipe.config import load_subject_sheet, nifti_inputs, validate_config
-from medpipe.determinism import export_job_environment
-from medpipe.failures import write_failures
-from medpipe.resources import estimate_mem_mb
-from medpipe.review import excluded_subjects
-from medpipe.seg.split import assign_folds
+from medpipe.core.config import load_subject_sheet, nifti_inputs, validate_config
+from medpipe.core.determinism import export_job_environment
+from medpipe.audit.failures import write_failures
+from medpipe.core.resources import estimate_mem_mb
+from medpipe.audit.review import excluded_subjects
+from medpipe.segment.split import assign_folds
 
 SCHEMAS = Path(workflow.basedir) / "config" / "schemas"
 
@@ -55,6 +55,7 @@ wildcard_constraints:
 
 # --- resources -------------------------------------------------------------------------------
 
+
 def mem_mb_scaled(base_mb, per_image_mib):
     """``mem_mb`` of a rule: at least ``base_mb``, more for large input images, more on each retry."""
 
@@ -65,6 +66,7 @@ def mem_mb_scaled(base_mb, per_image_mib):
 
 
 # --- convert ---------------------------------------------------------------------------------
+
 
 def get_dicom_dir(wildcards):
     return SHEET.loc[wildcards.subject, "dicom"]
@@ -95,6 +97,7 @@ def get_reference_converted(wildcards):
 
 # --- preprocess ------------------------------------------------------------------------------
 
+
 def get_n4_input(wildcards):
     if wildcards.sequence == REF:
         return get_converted_sequence(wildcards)
@@ -114,6 +117,7 @@ def _label_on_grid(subject):
 
 
 # --- segment ---------------------------------------------------------------------------------
+
 
 def get_training_subjects(wildcards):
     return [s for s in LABELLED if FOLDS[s] != int(wildcards.fold)]
@@ -140,6 +144,7 @@ def get_fold_model(wildcards):
 
 # --- postprocess -----------------------------------------------------------------------------
 
+
 def get_postprocess_human_mask(wildcards):
     s = wildcards.subject
     return f"results/convert/sub-{s}/sub-{s}_desc-human_mask.nii.gz" if s in LABELLED else []
@@ -164,6 +169,7 @@ def get_all_postprocess_qc(wildcards):
 
 
 # --- evaluate / radiomics / stats ------------------------------------------------------------
+
 
 def get_all_subject_metrics(wildcards):
     return [f"results/evaluate/sub-{s}/sub-{s}_metrics.tsv" for s in LABELLED]
@@ -209,6 +215,7 @@ def get_signoff(wildcards):
 
 
 # --- final targets ---------------------------------------------------------------------------
+
 
 def get_final_outputs(wildcards=None):
     """Everything `rule all` asks for except the audit manifest (which hashes all of these)."""

@@ -16,18 +16,18 @@ rule convert_sequence:
             subcategory="DICOM to NIfTI",
             labels={"subject": "{subject}", "sequence": "{sequence}"},
         ),
-    params:
-        selector=get_sequence_selector,
     log:
         "logs/convert_sequence/sub-{subject}_{sequence}.log",
     benchmark:
-        "benchmarks/convert_sequence/sub-{subject}_{sequence}.tsv"
+        "logs/benchmarks/convert_sequence/sub-{subject}_{sequence}.tsv"
+    conda:
+        "../envs/convert.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=15,
-    conda:
-        "../envs/convert.yaml"
+    params:
+        selector=get_sequence_selector,
     script:
         "../scripts/convert_sequence.py"
 
@@ -46,17 +46,17 @@ rule convert_label:
             subcategory="Human label",
             labels={"subject": "{subject}"},
         ),
-    params:
-        roi=config["label"]["rtstruct_roi"],
     log:
         "logs/convert_label/sub-{subject}.log",
     benchmark:
-        "benchmarks/convert_label/sub-{subject}.tsv"
+        "logs/benchmarks/convert_label/sub-{subject}.tsv"
+    conda:
+        "../envs/convert.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_scaled(2000, 20),
         runtime=10,
-    conda:
-        "../envs/convert.yaml"
+    params:
+        roi=config["label"]["rtstruct_roi"],
     script:
         "../scripts/convert_label.py"

@@ -8,18 +8,18 @@ rule evaluate_subject:
         human="results/convert/sub-{subject}/sub-{subject}_desc-human_mask.nii.gz",
     output:
         metrics="results/evaluate/sub-{subject}/sub-{subject}_metrics.tsv",
-    params:
-        labels={config["label"]["name"]: 1},
     log:
         "logs/evaluate_subject/sub-{subject}.log",
     benchmark:
-        "benchmarks/evaluate_subject/sub-{subject}.tsv"
+        "logs/benchmarks/evaluate_subject/sub-{subject}.tsv"
+    conda:
+        "../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_scaled(2000, 30),
         runtime=10,
-    conda:
-        "../envs/evaluate.yaml"
+    params:
+        labels={config["label"]["name"]: 1},
     script:
         "../scripts/evaluate_subject.py"
 
@@ -48,18 +48,18 @@ rule evaluate_summary:
             category="5. Evaluation",
             subcategory="Best, median and worst case",
         ),
-    params:
-        seed=config["seed"],
-        n_boot=config["stats"]["bootstrap"],
     log:
         "logs/evaluate_summary/evaluate_summary.log",
     benchmark:
-        "benchmarks/evaluate_summary/evaluate_summary.tsv"
+        "logs/benchmarks/evaluate_summary/evaluate_summary.tsv"
+    conda:
+        "../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/evaluate.yaml"
+    params:
+        seed=config["seed"],
+        n_boot=config["stats"]["bootstrap"],
     script:
         "../scripts/evaluate_summary.py"

@@ -18,18 +18,18 @@ rule postprocess:
             subcategory="Automatic mask on the native grid",
             labels={"subject": "{subject}"},
         ),
-    params:
-        settings=config["postprocess"],
     log:
         "logs/postprocess/sub-{subject}.log",
     benchmark:
-        "benchmarks/postprocess/sub-{subject}.tsv"
+        "logs/benchmarks/postprocess/sub-{subject}.tsv"
+    conda:
+        "../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_scaled(2000, 30),
         runtime=10,
-    conda:
-        "../envs/evaluate.yaml"
+    params:
+        settings=config["postprocess"],
     script:
         "../scripts/postprocess.py"
 
@@ -40,19 +40,19 @@ rule postprocess_decision:
         labels=get_decision_labels,
     output:
         decision="results/postprocess/largest_component_decision.json",
-    params:
-        labels={config["label"]["name"]: 1},
-        connectivity=config["postprocess"]["connectivity"],
     log:
         "logs/postprocess_decision/postprocess_decision.log",
     benchmark:
-        "benchmarks/postprocess_decision/postprocess_decision.tsv"
+        "logs/benchmarks/postprocess_decision/postprocess_decision.tsv"
+    conda:
+        "../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/evaluate.yaml"
+    params:
+        labels={config["label"]["name"]: 1},
+        connectivity=config["postprocess"]["connectivity"],
     script:
         "../scripts/postprocess_decision.py"
 
@@ -65,17 +65,17 @@ rule export_dicom_seg:
     output:
         seg="results/postprocess/sub-{subject}/sub-{subject}_desc-auto_mask.dcm",
         sidecar="results/postprocess/sub-{subject}/sub-{subject}_desc-auto_mask.dcm.json",
-    params:
-        label_name=config["label"]["name"],
     log:
         "logs/export_dicom_seg/sub-{subject}.log",
     benchmark:
-        "benchmarks/export_dicom_seg/sub-{subject}.tsv"
+        "logs/benchmarks/export_dicom_seg/sub-{subject}.tsv"
+    conda:
+        "../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_scaled(2000, 20),
         runtime=10,
-    conda:
-        "../envs/evaluate.yaml"
+    params:
+        label_name=config["label"]["name"],
     script:
         "../scripts/export_dicom_seg.py"

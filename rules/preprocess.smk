@@ -17,21 +17,21 @@ rule coregister:
             subcategory="Co-registration",
             labels={"subject": "{subject}", "sequence": "{sequence}"},
         ),
-    wildcard_constraints:
-        sequence=_alternatives(MOVING),
-    params:
-        settings=config["preprocess"]["coregister"],
-        seed=config["seed"],
     log:
         "logs/coregister/sub-{subject}_{sequence}.log",
     benchmark:
-        "benchmarks/coregister/sub-{subject}_{sequence}.tsv"
+        "logs/benchmarks/coregister/sub-{subject}_{sequence}.tsv"
+    wildcard_constraints:
+        sequence=_alternatives(MOVING),
+    conda:
+        "../envs/preprocess.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_scaled(2000, 20),
         runtime=20,
-    conda:
-        "../envs/preprocess.yaml"
+    params:
+        settings=config["preprocess"]["coregister"],
+        seed=config["seed"],
     script:
         "../scripts/coregister.py"
 
@@ -50,19 +50,19 @@ rule n4:
             subcategory="N4 bias correction",
             labels={"subject": "{subject}", "sequence": "{sequence}"},
         ),
-    params:
-        settings=config["preprocess"]["n4"],
-        seed=config["seed"],
     log:
         "logs/n4/sub-{subject}_{sequence}.log",
     benchmark:
-        "benchmarks/n4/sub-{subject}_{sequence}.tsv"
+        "logs/benchmarks/n4/sub-{subject}_{sequence}.tsv"
+    conda:
+        "../envs/preprocess.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_scaled(2000, 40),
         runtime=15,
-    conda:
-        "../envs/preprocess.yaml"
+    params:
+        settings=config["preprocess"]["n4"],
+        seed=config["seed"],
     script:
         "../scripts/n4.py"
 
@@ -80,18 +80,18 @@ rule skullstrip:
             subcategory="Skull stripping",
             labels={"subject": "{subject}"},
         ),
-    params:
-        settings=config["preprocess"]["skullstrip"],
     log:
         "logs/skullstrip/sub-{subject}.log",
     benchmark:
-        "benchmarks/skullstrip/sub-{subject}.tsv"
+        "logs/benchmarks/skullstrip/sub-{subject}.tsv"
+    conda:
+        "../envs/preprocess.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_scaled(4000, 60),
         runtime=15,
-    conda:
-        "../envs/preprocess.yaml"
+    params:
+        settings=config["preprocess"]["skullstrip"],
     script:
         "../scripts/skullstrip.py"
 
@@ -110,19 +110,19 @@ rule normalise:
             subcategory="Intensity normalisation",
             labels={"subject": "{subject}", "sequence": "{sequence}"},
         ),
-    params:
-        settings=config["preprocess"]["normalise"],
-        target_spacing_mm=config["preprocess"]["target_spacing_mm"],
     log:
         "logs/normalise/sub-{subject}_{sequence}.log",
     benchmark:
-        "benchmarks/normalise/sub-{subject}_{sequence}.tsv"
+        "logs/benchmarks/normalise/sub-{subject}_{sequence}.tsv"
+    conda:
+        "../envs/preprocess.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_scaled(2000, 15),
         runtime=10,
-    conda:
-        "../envs/preprocess.yaml"
+    params:
+        settings=config["preprocess"]["normalise"],
+        target_spacing_mm=config["preprocess"]["target_spacing_mm"],
     script:
         "../scripts/normalise.py"
 
@@ -137,12 +137,12 @@ rule resample_label:
     log:
         "logs/resample_label/sub-{subject}.log",
     benchmark:
-        "benchmarks/resample_label/sub-{subject}.tsv"
+        "logs/benchmarks/resample_label/sub-{subject}.tsv"
+    conda:
+        "../envs/preprocess.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_scaled(1000, 20),
         runtime=5,
-    conda:
-        "../envs/preprocess.yaml"
     script:
         "../scripts/resample_label.py"

@@ -13,13 +13,13 @@ rule radiomics:
     log:
         "logs/radiomics/sub-{subject}_mask-{source}.log",
     benchmark:
-        "benchmarks/radiomics/sub-{subject}_mask-{source}.tsv"
+        "logs/benchmarks/radiomics/sub-{subject}_mask-{source}.tsv"
+    conda:
+        "../envs/radiomics.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_scaled(3000, 30),
         runtime=20,
-    conda:
-        "../envs/radiomics.yaml"
     script:
         "../scripts/radiomics.py"
 
@@ -43,13 +43,13 @@ rule radiomics_table:
     log:
         "logs/radiomics_table/radiomics_table.log",
     benchmark:
-        "benchmarks/radiomics_table/radiomics_table.tsv"
+        "logs/benchmarks/radiomics_table/radiomics_table.tsv"
+    conda:
+        "../envs/radiomics.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/radiomics.yaml"
     script:
         "../scripts/radiomics_table.py"
 
@@ -63,13 +63,13 @@ rule perturb_mask:
     log:
         "logs/perturb_mask/sub-{subject}_{perturbation}.log",
     benchmark:
-        "benchmarks/perturb_mask/sub-{subject}_{perturbation}.tsv"
+        "logs/benchmarks/perturb_mask/sub-{subject}_{perturbation}.tsv"
+    conda:
+        "../envs/radiomics.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_scaled(1000, 10),
         runtime=5,
-    conda:
-        "../envs/radiomics.yaml"
     script:
         "../scripts/perturb_mask.py"
 
@@ -81,18 +81,18 @@ rule perturb_image:
     output:
         image=f"results/radiomics/sub-{{subject}}/sub-{{subject}}_desc-noise_{REF}.nii.gz",
         sidecar=f"results/radiomics/sub-{{subject}}/sub-{{subject}}_desc-noise_{REF}.json",
-    params:
-        fraction=config["radiomics"]["noise_fraction"],
-        seed=config["seed"],
     log:
         "logs/perturb_image/sub-{subject}.log",
     benchmark:
-        "benchmarks/perturb_image/sub-{subject}.tsv"
+        "logs/benchmarks/perturb_image/sub-{subject}.tsv"
+    conda:
+        "../envs/radiomics.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_scaled(1000, 20),
         runtime=5,
-    conda:
-        "../envs/radiomics.yaml"
+    params:
+        fraction=config["radiomics"]["noise_fraction"],
+        seed=config["seed"],
     script:
         "../scripts/perturb_image.py"

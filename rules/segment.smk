@@ -5,19 +5,19 @@
 rule split:
     output:
         folds="results/split/folds.json",
+    log:
+        "logs/split/split.log",
+    conda:
+        "../envs/segment.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
     params:
         subjects=LABELLED,
         k=config["segmentation"]["folds"],
         seed=config["seed"],
         val_fraction=config["segmentation"].get("val_fraction", 0.0),
-    log:
-        "logs/split/split.log",
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=5,
-    conda:
-        "../envs/segment.yaml"
     script:
         "../scripts/split.py"
 
@@ -38,23 +38,23 @@ rule train:
             subcategory="Learning curves",
             labels={"fold": "{fold}"},
         ),
+    log:
+        "logs/train/fold-{fold}.log",
+    benchmark:
+        "logs/benchmarks/train/fold-{fold}.tsv"
+    conda:
+        "../envs/segment.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=mem_mb_scaled(8000, 10),
+        runtime=120,
     params:
         subjects=get_training_subjects,
         n_sequences=len(SEQUENCES),
         settings=config["segmentation"],
         seed=config["seed"],
         deterministic=config["deterministic"],
-    log:
-        "logs/train/fold-{fold}.log",
-    benchmark:
-        "benchmarks/train/fold-{fold}.tsv"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=mem_mb_scaled(8000, 10),
-        runtime=120,
-    conda:
-        "../envs/segment.yaml"
     script:
         "../scripts/train.py"
 
@@ -78,18 +78,18 @@ rule predict:
             subcategory="Predictions and uncertainty",
             labels={"subject": "{subject}"},
         ),
-    params:
-        settings=config["segmentation"],
     log:
         "logs/predict/sub-{subject}.log",
     benchmark:
-        "benchmarks/predict/sub-{subject}.tsv"
+        "logs/benchmarks/predict/sub-{subject}.tsv"
+    conda:
+        "../envs/segment.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=mem_mb_scaled(4000, 100),
         runtime=20,
-    conda:
-        "../envs/segment.yaml"
+    params:
+        settings=config["segmentation"],
     script:
         "../scripts/predict.py"

@@ -24,22 +24,22 @@ rule reproducibility:
             category="7. Reproducibility",
             subcategory="Retention by class",
         ),
+    log:
+        "logs/reproducibility/reproducibility.log",
+    benchmark:
+        "logs/benchmarks/reproducibility/reproducibility.tsv"
+    conda:
+        "../envs/radiomics.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
     params:
         source_a=config["radiomics"]["sources"][0],
         source_b=config["radiomics"]["sources"][1],
         cutoff=config["stats"]["ccc_cutoff"],
         n_boot=config["stats"]["bootstrap"],
         seed=config["seed"],
-    log:
-        "logs/reproducibility/reproducibility.log",
-    benchmark:
-        "benchmarks/reproducibility/reproducibility.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=20,
-    conda:
-        "../envs/radiomics.yaml"
     script:
         "../scripts/reproducibility.py"
 
@@ -66,20 +66,20 @@ rule robustness:
             category="7. Reproducibility",
             subcategory="Mask perturbations",
         ),
+    log:
+        "logs/robustness/robustness.log",
+    benchmark:
+        "logs/benchmarks/robustness/robustness.tsv"
+    conda:
+        "../envs/radiomics.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
     params:
         perturbations=PERTURBATIONS,
         cutoff=config["stats"]["ccc_cutoff"],
         n_boot=config["stats"]["bootstrap"],
         seed=config["seed"],
-    log:
-        "logs/robustness/robustness.log",
-    benchmark:
-        "benchmarks/robustness/robustness.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=20,
-    conda:
-        "../envs/radiomics.yaml"
     script:
         "../scripts/robustness.py"

@@ -1,7 +1,7 @@
 """Snakemake adapter: the human label (NIfTI, RTSTRUCT or DICOM-SEG) onto the reference image grid."""
 
-from medpipe.dicom.labels import import_label
-from medpipe.logutil import script_logging
+from medpipe.convert.labels import import_label
+from medpipe.core.logutil import script_logging
 
 with script_logging(snakemake.log[0]):
     import_label(

@@ -1,7 +1,7 @@
 """Snakemake adapter: one sequence of a subject to de-identified NIfTI (DICOM via dcm2niix, or a NIfTI input)."""
 
-from medpipe.dicom.convert import convert_sequence
-from medpipe.logutil import script_logging
+from medpipe.convert.dicom import convert_sequence
+from medpipe.core.logutil import script_logging
 
 with script_logging(snakemake.log[0]):
     convert_sequence(

@@ -1,7 +1,7 @@
 """Snakemake adapter: co-register a sequence to the reference sequence (ANTs)."""
 
-from medpipe.logutil import script_logging
-from medpipe.registration import coregister
+from medpipe.core.logutil import script_logging
+from medpipe.preprocess.coregister import coregister
 
 with script_logging(snakemake.log[0]):
     coregister(

@@ -1,6 +1,7 @@
 """Snakemake adapter: metrics of the automatic vs the human mask of one subject (native grid)."""
-from medpipe.logutil import script_logging
-from medpipe.metrics import evaluate_pair
+
+from medpipe.core.logutil import script_logging
+from medpipe.evaluate.metrics import evaluate_pair
 
 with script_logging(snakemake.log[0]):
     evaluate_pair(

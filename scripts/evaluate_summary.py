@@ -1,6 +1,7 @@
 """Snakemake adapter: all per-subject metrics, their summary, box plots and best/median/worst cases."""
-from medpipe.logutil import script_logging
-from medpipe.metrics import summarise
+
+from medpipe.core.logutil import script_logging
+from medpipe.evaluate.metrics import summarise
 
 with script_logging(snakemake.log[0]):
     summarise(

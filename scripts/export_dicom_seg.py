@@ -1,6 +1,7 @@
 """Snakemake adapter: the automatic mask as a DICOM-SEG referencing the reference source series."""
-from medpipe.dicom_seg_export import export_subject_dicom_seg
-from medpipe.logutil import script_logging
+
+from medpipe.core.logutil import script_logging
+from medpipe.postprocess.export_dicom_seg import export_subject_dicom_seg
 
 with script_logging(snakemake.log[0]):
     export_subject_dicom_seg(

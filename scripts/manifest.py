@@ -1,8 +1,9 @@
 """Snakemake adapter: the run manifest (sha256 of every output, software, seeds, hardware)."""
+
 from pathlib import Path
 
-from medpipe.logutil import script_logging
-from medpipe.provenance import write_manifest
+from medpipe.audit.manifest import write_manifest
+from medpipe.core.logutil import script_logging
 
 with script_logging(snakemake.log[0]):
     write_manifest(

@@ -1,7 +1,7 @@
 """Snakemake adapter: N4 bias-field correction."""
 
-from medpipe.bias import n4_correct
-from medpipe.logutil import script_logging
+from medpipe.core.logutil import script_logging
+from medpipe.preprocess.n4 import n4_correct
 
 with script_logging(snakemake.log[0]):
     n4_correct(

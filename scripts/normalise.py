@@ -1,7 +1,7 @@
 """Snakemake adapter: intensity normalisation and resampling onto the training grid."""
 
-from medpipe.logutil import script_logging
-from medpipe.normalise import normalise_image
+from medpipe.core.logutil import script_logging
+from medpipe.preprocess.normalise import normalise_image
 
 with script_logging(snakemake.log[0]):
     normalise_image(

@@ -1,6 +1,7 @@
 """Snakemake adapter: the radiomics image plus seeded Gaussian noise (robustness source `noise`)."""
-from medpipe.logutil import script_logging
-from medpipe.perturb import perturb_image
+
+from medpipe.core.logutil import script_logging
+from medpipe.radiomics.perturb import perturb_image
 
 with script_logging(snakemake.log[0]):
     perturb_image(

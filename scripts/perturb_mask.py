@@ -1,6 +1,7 @@
 """Snakemake adapter: a one-voxel perturbation (erode / dilate / shift) of the human mask."""
-from medpipe.logutil import script_logging
-from medpipe.perturb import perturb_mask
+
+from medpipe.core.logutil import script_logging
+from medpipe.radiomics.perturb import perturb_mask
 
 with script_logging(snakemake.log[0]):
     perturb_mask(

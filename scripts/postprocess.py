@@ -1,6 +1,7 @@
 """Snakemake adapter: clean the predicted label map and bring it onto the native reference grid."""
-from medpipe.logutil import script_logging
-from medpipe.postprocess import postprocess_to_native
+
+from medpipe.core.logutil import script_logging
+from medpipe.postprocess.clean import postprocess_to_native
 
 with script_logging(snakemake.log[0]):
     postprocess_to_native(

@@ -1,6 +1,7 @@
 """Snakemake adapter: decide per class whether keeping the largest component helps (validation data)."""
-from medpipe.logutil import script_logging
-from medpipe.postprocess import decide_largest_component
+
+from medpipe.core.logutil import script_logging
+from medpipe.postprocess.clean import decide_largest_component
 
 with script_logging(snakemake.log[0]):
     decide_largest_component(

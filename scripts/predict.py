@@ -1,6 +1,7 @@
 """Snakemake adapter: segment one subject with the fold model(s) that never saw it."""
-from medpipe.logutil import script_logging
-from medpipe.seg.infer import predict_case
+
+from medpipe.core.logutil import script_logging
+from medpipe.segment.infer import predict_case
 
 with script_logging(snakemake.log[0]):
     predict_case(

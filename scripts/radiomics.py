@@ -1,6 +1,7 @@
 """Snakemake adapter: pyradiomics features of one image inside one mask (IBSI codes, provenance)."""
-from medpipe.logutil import script_logging
-from medpipe.radiomics import extract_features
+
+from medpipe.core.logutil import script_logging
+from medpipe.radiomics.extract import extract_features
 
 with script_logging(snakemake.log[0]):
     extract_features(

@@ -1,6 +1,7 @@
 """Snakemake adapter: CCC / ICC / Bland-Altman per feature and retention per class."""
-from medpipe.logutil import script_logging
-from medpipe.stats import reproducibility_report
+
+from medpipe.core.logutil import script_logging
+from medpipe.stats.agreement import reproducibility_report
 
 with script_logging(snakemake.log[0]):
     reproducibility_report(

@@ -1,7 +1,7 @@
 """Snakemake adapter: the human label onto the training grid (label-aware resampling)."""
 
-from medpipe.logutil import script_logging
-from medpipe.resample import resample_label_like
+from medpipe.core.logutil import script_logging
+from medpipe.core.resample import resample_label_like
 
 with script_logging(snakemake.log[0]):
     resample_label_like(

@@ -1,6 +1,7 @@
 """Snakemake adapter: feature robustness to mask perturbations (CCC / ICC per feature, retention per class)."""
-from medpipe.logutil import script_logging
-from medpipe.robustness import robustness_report
+
+from medpipe.core.logutil import script_logging
+from medpipe.stats.robustness import robustness_report
 
 with script_logging(snakemake.log[0]):
     robustness_report(

@@ -1,7 +1,7 @@
 """Snakemake adapter: brain mask of the N4-corrected reference sequence."""
 
-from medpipe.logutil import script_logging
-from medpipe.skullstrip import skull_strip
+from medpipe.core.logutil import script_logging
+from medpipe.preprocess.skullstrip import skull_strip
 
 with script_logging(snakemake.log[0]):
     skull_strip(

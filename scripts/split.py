@@ -1,9 +1,13 @@
 """Snakemake adapter: seeded k-fold split of the labelled subjects."""
-from medpipe.logutil import script_logging
-from medpipe.seg.split import write_folds
+
+from medpipe.core.logutil import script_logging
+from medpipe.segment.split import write_folds
 
 with script_logging(snakemake.log[0]):
     write_folds(
-        snakemake.params.subjects, snakemake.params.k, snakemake.params.seed, snakemake.output.folds,
+        snakemake.params.subjects,
+        snakemake.params.k,
+        snakemake.params.seed,
+        snakemake.output.folds,
         val_fraction=snakemake.params.val_fraction,
     )

@@ -1,6 +1,7 @@
 """Snakemake adapter: train the model of one cross-validation fold."""
-from medpipe.logutil import script_logging
-from medpipe.seg.train import train_fold
+
+from medpipe.core.logutil import script_logging
+from medpipe.segment.train import train_fold
 
 with script_logging(snakemake.log[0]):
     n = snakemake.params.n_sequences  # input.images is flat, subject-major, in sequence order

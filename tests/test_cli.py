@@ -45,17 +45,33 @@ def test_demo_data_uses_config_defaults_and_command_line_overrides(
     assert probe.stat().st_mtime_ns == before  # up to date: not regenerated
     assert (out / "subjects.tsv").stat().st_mtime_ns == sheet_time  # Snakemake sees nothing new
 
-    assert main(["demo-data", "--out", "resources/demo", "--config", str(cfg), "--n-subjects", "1",
-                 "--seed", "4", "--spacing-mm", "6", "6", "6"]) == 0
+    assert (
+        main(
+            [
+                "demo-data",
+                "--out",
+                "resources/demo",
+                "--config",
+                str(cfg),
+                "--n-subjects",
+                "1",
+                "--seed",
+                "4",
+                "--spacing-mm",
+                "6",
+                "6",
+                "6",
+            ]
+        )
+        == 0
+    )
     params = json.loads((out / "demo_manifest.json").read_text())["parameters"]
     assert (params["n_subjects"], params["seed"]) == (1, 4)
     assert not (out / "dicom" / "demo02").exists()  # the old cohort was replaced, not mixed in
     assert (out / "dicom" / "demo01" / "T2w" / "IM0010.dcm").read_bytes() != content
 
 
-def test_bad_config_stops_with_a_message_naming_the_problem(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_config_stops_with_a_message_naming_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write_config(tmp_path / "config.yaml", {"n_subject": 2})
     out = ["demo-data", "--out", str(tmp_path / "demo")]
     assert main([*out, "--config", str(cfg)]) == 2
@@ -77,10 +93,10 @@ def test_audit_commands_call_the_audit_module(monkeypatch: pytest.MonkeyPatch) -
         calls.append(("diff", (run_a, run_b, out)))
         return 0
 
-    fake = types.ModuleType("medpipe.audit")
+    fake = types.ModuleType("medpipe.audit.verify")
     fake.cli_verify = cli_verify  # type: ignore[attr-defined]
     fake.cli_diff = cli_diff  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "medpipe.audit", fake)
+    monkeypatch.setitem(sys.modules, "medpipe.audit.verify", fake)
     assert main(["audit", "verify", "results"]) == 1
     assert main(["audit", "verify", "results", "--manifest", "m.json"]) == 1
     assert main(["audit", "diff", "runA", "runB"]) == 0

@@ -75,8 +75,13 @@ def _tool(name: str) -> str:
 def test_ruff_is_clean() -> None:
     import subprocess
 
-    proc = subprocess.run([_tool("ruff"), "check", "src", "scripts", "tests", "benchmarks"], cwd=REPO,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [_tool("ruff"), "check", "src", "scripts", "tests", "benchmarks"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]
 
 

@@ -1,8 +1,8 @@
 """Command-line interface: ``medpipe demo-data``, ``medpipe sheet`` and ``medpipe audit verify|diff``.
 
 Thin over the package: each sub-command parses its arguments, sets up logging
-(:func:`medpipe.logutil.configure`) and calls one medpipe function. Errors raised as
-:class:`medpipe.errors.MedpipeError` are reported in one line with exit status 2.
+(:func:`medpipe.core.logutil.configure`) and calls one medpipe function. Errors raised as
+:class:`medpipe.core.errors.MedpipeError` are reported in one line with exit status 2.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from medpipe import __version__
-from medpipe.errors import ConfigError, MedpipeError
-from medpipe.logutil import configure
+from medpipe.core.errors import ConfigError, MedpipeError
+from medpipe.core.logutil import configure
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +57,19 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_sheet(args: argparse.Namespace) -> int:
-    from medpipe.sheet import make_subject_sheet
+    from medpipe.convert.sheet import make_subject_sheet
 
     make_subject_sheet(args.root, args.out, label=args.label, require=args.require)
     return 0
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    audit = importlib.import_module("medpipe.audit")  # imported here: heavy, and optional for demo-data
+    audit = importlib.import_module("medpipe.audit.verify")  # imported here: heavy, and optional for demo-data
     return int(audit.cli_verify(args.results_dir, args.manifest))
 
 
 def _cmd_audit_diff(args: argparse.Namespace) -> int:
-    audit = importlib.import_module("medpipe.audit")
+    audit = importlib.import_module("medpipe.audit.verify")
     return int(audit.cli_diff(args.run_a, args.run_b, args.out))
 
 
@@ -82,38 +82,54 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
-        "demo-data", help="generate the embedded demo cohort (DICOM + ground truth)",
+        "demo-data",
+        help="generate the embedded demo cohort (DICOM + ground truth)",
         description="Generate the synthetic demo cohort; skipped when OUT already holds it.",
     )
-    demo.add_argument("--out", type=Path, default=Path("resources/demo"),
-                      help="output folder (resources/demo)")
-    demo.add_argument("--config", type=Path, default=None,
-                      help=f"config file whose 'demo:' section gives the defaults ({DEFAULT_CONFIG})")
-    demo.add_argument("--n-subjects", type=int, default=None,
-                      help="number of subjects (config demo.n_subjects)")
+    demo.add_argument("--out", type=Path, default=Path("resources/demo"), help="output folder (resources/demo)")
+    demo.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"config file whose 'demo:' section gives the defaults ({DEFAULT_CONFIG})",
+    )
+    demo.add_argument("--n-subjects", type=int, default=None, help="number of subjects (config demo.n_subjects)")
     demo.add_argument("--seed", type=int, default=None, help="random seed (config demo.seed)")
-    demo.add_argument("--spacing-mm", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
-                      help="voxel size in mm (config demo.spacing_mm)")
+    demo.add_argument(
+        "--spacing-mm",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("X", "Y", "Z"),
+        help="voxel size in mm (config demo.spacing_mm)",
+    )
     demo.add_argument("--force", action="store_true", help="regenerate even when the cohort is up to date")
     demo.set_defaults(func=_cmd_demo_data)
 
     sheet = sub.add_parser(
-        "sheet", help="write a subject sheet for a folder of subject folders",
+        "sheet",
+        help="write a subject sheet for a folder of subject folders",
         description="One row per sub-folder of ROOT; subject ID = folder name without non-alphanumerics.",
     )
     sheet.add_argument("root", type=Path, metavar="ROOT", help="folder holding one folder per subject")
     sheet.add_argument("--out", type=Path, required=True, help="subject sheet (TSV) to write")
     sheet.add_argument("--label", default=None, help="file name of the human mask inside each subject folder")
-    sheet.add_argument("--require", action="append", default=[], metavar="FILE",
-                       help="file every subject folder must hold (repeatable); folders without it are skipped")
+    sheet.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="file every subject folder must hold (repeatable); folders without it are skipped",
+    )
     sheet.set_defaults(func=_cmd_sheet)
 
     audit = sub.add_parser("audit", help="verify or compare pipeline runs")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = audit_sub.add_parser("verify", help="re-hash RESULTS_DIR against its run manifest")
     verify.add_argument("results_dir", type=Path, metavar="RESULTS_DIR")
-    verify.add_argument("--manifest", type=Path, default=None,
-                        help="run manifest (default: the one inside RESULTS_DIR)")
+    verify.add_argument(
+        "--manifest", type=Path, default=None, help="run manifest (default: the one inside RESULTS_DIR)"
+    )
     verify.set_defaults(func=_cmd_audit_verify)
     diff = audit_sub.add_parser("diff", help="compare two runs file by file and stage by stage")
     diff.add_argument("run_a", type=Path, metavar="RUN_A")

@@ -21,8 +21,14 @@ BIN = Path(sys.executable).parent
 def snakemake_cmd(workdir: Path, *args: str, configfile: Path = TINY_CONFIG) -> list[str]:
     """Command line running the repository's Snakefile in ``workdir`` with ``configfile``."""
     return [
-        str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(configfile), *args,
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        *args,
     ]
 
 
@@ -43,8 +49,7 @@ def run(
 def tiny_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh working directory holding the tiny demo cohort (resources/demo)."""
     workdir = tmp_path_factory.mktemp("tiny")
-    run([str(BIN / "medpipe"), "demo-data", "--out", "resources/demo", "--config", str(TINY_CONFIG)],
-        cwd=workdir)
+    run([str(BIN / "medpipe"), "demo-data", "--out", "resources/demo", "--config", str(TINY_CONFIG)], cwd=workdir)
     return workdir
 
 

@@ -48,8 +48,19 @@ def sts_run(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     for patient in PATIENTS:
         (root / patient).symlink_to(source / patient, target_is_directory=True)
     workdir = tmp_path_factory.mktemp("sts_run")
-    run([str(BIN / "medpipe"), "sheet", str(root), "--label", "MR_T1_mask.nii.gz", "--require",
-         "MR_T1_image.nii.gz", "--out", str(workdir / "subjects.tsv")])
+    run(
+        [
+            str(BIN / "medpipe"),
+            "sheet",
+            str(root),
+            "--label",
+            "MR_T1_mask.nii.gz",
+            "--require",
+            "MR_T1_image.nii.gz",
+            "--out",
+            str(workdir / "subjects.tsv"),
+        ]
+    )
     config = _config(workdir / "config.yaml")
     run(snakemake_cmd(workdir, "--cores", "2", "--profile", str(REPO / "profiles" / "default"), configfile=config))
     run(snakemake_cmd(workdir, "--cores", "1", "--report", "results/report.html", configfile=config))
@@ -91,6 +102,9 @@ def test_erosion_retention_table_is_in_the_report(sts_run: tuple[Path, Path]) ->
     assert erode.loc["shape", "percent_reproducible"] >= 50
     categories, results = report_data((res / "report.html").read_text())
     listed = {p for subs in categories.values() for paths in subs.values() for p in paths}
-    assert {"results/stats/robustness_by_class.tsv", "results/stats/robustness.png",
-            "results/stats/retention_by_class.tsv"} <= listed
+    assert {
+        "results/stats/robustness_by_class.tsv",
+        "results/stats/robustness.png",
+        "results/stats/retention_by_class.tsv",
+    } <= listed
     assert "perturb" in results["results/stats/robustness_by_class.tsv"]["caption"].lower()

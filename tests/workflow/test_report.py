@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medpipe.audit import cli_verify
+from medpipe.audit.verify import cli_verify
 from tests.workflow.conftest import REPO, run
 
 pytestmark = pytest.mark.workflow
@@ -29,11 +29,21 @@ pytestmark = pytest.mark.workflow
 PLANTED_PHI = "DOE^JANE_MEDPIPEPHI_19700101"
 #: results/ folders without QC images by design: fold list, and the audit pages (HTML tables).
 NO_IMAGE_STAGES = {"split", "audit"}
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1400,1000", "--virtual-time-budget=10000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1400,1000",
+    "--virtual-time-budget=10000",
+]
 
-MINI_SNAKEFILE = '''
+MINI_SNAKEFILE = """
 REPO = config["repo"]
 report: REPO + "/report/workflow.rst"
 SUBJECTS = ["01", "02"]
@@ -58,7 +68,7 @@ rule stage:
         png=report("results/{stage}/sub-{subject}/sub-{subject}_qc.png", caption="caption.rst",
                    category="{stage}", labels={"subject": "{subject}"}),
         record="results/{stage}/sub-{subject}/sub-{subject}_uncertainty.json",
-    benchmark: "benchmarks/{stage}/sub-{subject}.tsv"
+    benchmark: "logs/benchmarks/{stage}/sub-{subject}.tsv"
     run:
         import json
         import numpy as np
@@ -69,7 +79,7 @@ rule stage:
         with open(output.record, "w") as fh:
             record = {"subject": wildcards.subject, "score": score, "threshold": 0.15, "flag": score > 0.15}
             json.dump(record, fh)
-'''
+"""
 
 
 def find_chromium() -> str | None:
@@ -97,18 +107,21 @@ def mini_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("mini")
     (work / "Snakefile").write_text(MINI_SNAKEFILE)
     (work / "caption.rst").write_text("QC image of stage {{ snakemake.wildcards.stage }} for one subject.\n")
-    (work / "config.yaml").write_text(f"repo: {REPO}\nsubjects: resources/subjects.tsv\nseed: 3\n"
-                                      "deterministic: true\n")
+    (work / "config.yaml").write_text(f"repo: {REPO}\nsubjects: resources/subjects.tsv\nseed: 3\ndeterministic: true\n")
     dicom = work / "resources" / PLANTED_PHI  # an export folder named after the patient
     for subject in ("01", "02"):
         (dicom / subject).mkdir(parents=True)
         (dicom / subject / "IM0001.dcm").write_bytes(b"DICM" + PLANTED_PHI.encode() + bytes(32))
     (work / "resources/subjects.tsv").write_text(
-        "subject\tdicom\tlabel\n" + "".join(f"{s}\tresources/{PLANTED_PHI}/{s}\t\n" for s in ("01", "02")))
+        "subject\tdicom\tlabel\n" + "".join(f"{s}\tresources/{PLANTED_PHI}/{s}\t\n" for s in ("01", "02"))
+    )
     snakemake = str(REPO / ".venv/bin/snakemake") if (REPO / ".venv/bin/snakemake").exists() else "snakemake"
     run([snakemake, "--cores", "1", "--configfile", "config.yaml", "-q"], cwd=work, timeout=600)
-    run([snakemake, "--cores", "1", "--configfile", "config.yaml", "--report", "results/report.html"],
-        cwd=work, timeout=600)
+    run(
+        [snakemake, "--cores", "1", "--configfile", "config.yaml", "--report", "results/report.html"],
+        cwd=work,
+        timeout=600,
+    )
     return work
 
 
@@ -150,15 +163,24 @@ def test_report_renders_in_headless_chromium(workdir: Path, chromium: str, tmp_p
     report = workdir / "results/report.html"
     out = artifacts(workdir.name, tmp_path)
     common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    shot = subprocess.run([*common, f"--screenshot={out / 'report.png'}", report.as_uri()],
-                          capture_output=True, text=True, timeout=120, check=False)
+    shot = subprocess.run(
+        [*common, f"--screenshot={out / 'report.png'}", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert shot.returncode == 0, shot.stderr[-3000:]
-    dom = subprocess.run([*common, "--enable-logging=stderr", "--v=0", "--dump-dom", report.as_uri()],
-                         capture_output=True, text=True, timeout=120, check=False)
+    dom = subprocess.run(
+        [*common, "--enable-logging=stderr", "--v=0", "--dump-dom", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert dom.returncode == 0, dom.stderr[-3000:]
     (out / "dom.html").write_text(dom.stdout)
-    console_errors = [ln for ln in dom.stderr.splitlines()
-                      if "CONSOLE" in ln and re.search(r"Uncaught|Error", ln)]
+    console_errors = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln and re.search(r"Uncaught|Error", ln)]
     assert console_errors == []
     pixels = np.asarray(Image.open(out / "report.png").convert("RGB"), dtype=np.int16)
     assert pixels.shape[:2] == (1000, 1400)
@@ -177,10 +199,16 @@ def test_report_has_a_section_per_stage(workdir: Path) -> None:
     stages = {p.name for p in (workdir / "results").iterdir() if p.is_dir()} - NO_IMAGE_STAGES
     missing = []
     for stage in sorted(stages):
-        entries = [results[p] for subs in categories.values() for paths in subs.values() for p in paths
-                   if p.startswith(f"results/{stage}/")]
-        if not any(e["mime_type"].startswith("image/") and re.sub(r"<[^>]+>", "", e["caption"]).strip()
-                   for e in entries):
+        entries = [
+            results[p]
+            for subs in categories.values()
+            for paths in subs.values()
+            for p in paths
+            if p.startswith(f"results/{stage}/")
+        ]
+        if not any(
+            e["mime_type"].startswith("image/") and re.sub(r"<[^>]+>", "", e["caption"]).strip() for e in entries
+        ):
             missing.append(stage)
     assert missing == [], f"stages without a captioned image in the report: {missing}"
     audit = {Path(p).name for subs in categories.values() for paths in subs.values() for p in paths}
@@ -195,9 +223,15 @@ def test_run_verifies_and_holds_no_phi(workdir: Path, capsys: pytest.CaptureFixt
     manifest = (results / "audit/manifest.json").read_text()
     on_disk = {p.relative_to(results).as_posix() for p in results.rglob("*") if p.is_file()}
     assert set(json.loads(manifest)["files"]) == on_disk - {
-        "audit/manifest.json", "audit/manifest_summary.html", "report.html"}
+        "audit/manifest.json",
+        "audit/manifest_summary.html",
+        "report.html",
+    }
     html = (results / "report.html").read_text()
     payloads = decoded_payloads(html)
-    hits = [s for s in phi_strings(workdir)
-            if s in manifest or s.lower() in html.lower() or s.lower().encode() in payloads.lower()]
+    hits = [
+        s
+        for s in phi_strings(workdir)
+        if s in manifest or s.lower() in html.lower() or s.lower().encode() in payloads.lower()
+    ]
     assert hits == []

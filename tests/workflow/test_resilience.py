@@ -33,8 +33,8 @@ import pytest
 import torch
 import yaml
 
-from medpipe.io import load_nifti
-from medpipe.sidecar import sha256_file
+from medpipe.core.io import load_nifti
+from medpipe.core.sidecar import sha256_file
 from tests.workflow.conftest import BIN, TINY_CONFIG, run, snakemake_cmd
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
@@ -85,9 +85,7 @@ def _add_broken_subject(workdir: Path) -> str:
     for path in files:
         path.write_bytes(path.read_bytes()[:200])
     row = {"subject": BROKEN, "dicom": str(broken.relative_to(workdir)), "label": ""}
-    pd.concat([sheet, pd.DataFrame([row])]).to_csv(
-        workdir / "resources/demo/subjects.tsv", sep="\t", index=False
-    )
+    pd.concat([sheet, pd.DataFrame([row])]).to_csv(workdir / "resources/demo/subjects.tsv", sep="\t", index=False)
     return BROKEN
 
 
@@ -226,13 +224,13 @@ def test_kill_mid_training_then_rerun_resumes_and_completes(tmp_path: Path, tiny
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     cmd = snakemake_cmd(workdir, "--cores", "2", configfile=config)
     with open(tmp_path / "killed_run.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         deadline = time.monotonic() + RUN_TIMEOUT
         try:
             while not (ckpts := sorted(train.glob("fold-*/checkpoint.pt"))):
-                assert proc.poll() is None, "run ended before training checkpointed: " + (
-                    tmp_path / "killed_run.log").read_text()[-3000:]
+                assert proc.poll() is None, (
+                    "run ended before training checkpointed: " + (tmp_path / "killed_run.log").read_text()[-3000:]
+                )
                 assert time.monotonic() < deadline, "no training checkpoint within the time limit"
                 time.sleep(0.05)
         finally:

@@ -28,15 +28,21 @@ from pathlib import Path
 
 import pytest
 
-from medpipe.audit import diff_runs
+from medpipe.audit.verify import diff_runs
 from tests.workflow.conftest import BIN, REPO, snakemake_cmd
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 UP = REPO / ".ci" / "slurm" / "up.sh"
 DOWN = REPO / ".ci" / "slurm" / "down.sh"
-PROFILES = ("--workflow-profile", "none", "--profile", str(REPO / "profiles" / "slurm"),
-            "--profile", str(REPO / "profiles" / "slurm-ci"))
+PROFILES = (
+    "--workflow-profile",
+    "none",
+    "--profile",
+    str(REPO / "profiles" / "slurm"),
+    "--profile",
+    str(REPO / "profiles" / "slurm-ci"),
+)
 #: Wall-clock limits (s): cluster start including a first package install, and the workflow run.
 UP_TIMEOUT = 300
 RUN_TIMEOUT = 600
@@ -66,8 +72,7 @@ def slurm_env() -> Iterator[dict[str, str]]:
     state = Path(os.environ.get("MEDPIPE_SLURM_DIR", "/tmp/medpipe-slurm"))
     env = dict(os.environ, MEDPIPE_SLURM_DIR=str(state))
     try:
-        up = subprocess.run(["timeout", str(UP_TIMEOUT), str(UP)], env=env, capture_output=True, text=True,
-                            check=False)
+        up = subprocess.run(["timeout", str(UP_TIMEOUT), str(UP)], env=env, capture_output=True, text=True, check=False)
         if up.returncode != 0:
             pytest.fail(f"{UP} failed ({up.returncode}):\n{up.stdout[-3000:]}\n{up.stderr[-5000:]}")
         env["SLURM_CONF"] = str(state / "etc" / "slurm.conf")
@@ -88,9 +93,7 @@ class SlurmRun:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(
-    slurm_env: dict[str, str], tiny_workdir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> SlurmRun:
+def slurm_run(slurm_env: dict[str, str], tiny_workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> SlurmRun:
     """The tiny workflow run to completion through SLURM in a fresh copy of the tiny cohort."""
     workdir = tmp_path_factory.mktemp("slurm")
     shutil.copytree(tiny_workdir / "resources", workdir / "resources")
@@ -110,8 +113,10 @@ def _targets(workdir: Path) -> list[str]:
     sheet = (workdir / "resources/demo/subjects.tsv").read_text().splitlines()[1:]
     subjects = [line.split("\t")[0] for line in sheet if line.strip()]
     assert subjects
-    return ["results/evaluate/summary.tsv",
-            *(f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.dcm" for s in subjects)]
+    return [
+        "results/evaluate/summary.tsv",
+        *(f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.dcm" for s in subjects),
+    ]
 
 
 def _job_stats(output: str) -> dict[str, int]:
@@ -126,7 +131,11 @@ def _sacct(env: dict[str, str], job_ids: list[str]) -> dict[str, dict[str, str]]
     fields = ("JobIDRaw", "JobName", "State", "ExitCode", "Comment")
     proc = subprocess.run(
         ["sacct", "-X", "-P", "-n", "-j", ",".join(job_ids), "-o", ",".join(fields)],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     records = [dict(zip(fields, line.split("|"), strict=True)) for line in proc.stdout.splitlines() if line]
     return {r["JobIDRaw"]: r for r in records}
@@ -167,19 +176,22 @@ def test_results_equal_the_local_run(slurm_run: SlurmRun, tiny_run: Path) -> Non
     """Running through SLURM changes where jobs run, not what they compute."""
     result = diff_runs(tiny_run / "results", slurm_run.workdir / "results")
     # The SLURM run made a subset of the stages (no radiomics, statistics, audit): "only_a" files.
-    differing = [f"{d['path']}: {d['status']} ({d.get('reason', '')})" for d in result["differing"]
-                 if d["status"] != "only_a"]
+    differing = [
+        f"{d['path']}: {d['status']} ({d.get('reason', '')})" for d in result["differing"] if d["status"] != "only_a"
+    ]
     compared = [s for s, v in result["stages"].items() if v["files"] > v["differing"]]
-    assert {"convert", "n4", "skullstrip", "normalise", "train", "predict", "postprocess", "evaluate"} <= set(
-        compared
-    )
+    assert {"convert", "n4", "skullstrip", "normalise", "train", "predict", "postprocess", "evaluate"} <= set(compared)
     assert not differing, "SLURM and local results differ:\n" + "\n".join(differing[:30])
 
 
 def test_slurm_rerun_has_nothing_to_do(slurm_run: SlurmRun, slurm_env: dict[str, str]) -> None:
     proc = subprocess.run(
         ["timeout", "120", *snakemake_cmd(slurm_run.workdir, *PROFILES, "-n", *_targets(slurm_run.workdir))],
-        cwd=REPO, env=slurm_env, capture_output=True, text=True, check=False,
+        cwd=REPO,
+        env=slurm_env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr

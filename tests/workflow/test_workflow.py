@@ -157,8 +157,18 @@ def test_second_run_from_scratch_is_bit_identical_and_verify_catches_a_byte(
     wd = _fresh_workdir(tmp_path, tiny_workdir)
     run(snakemake_cmd(wd, "--cores", "2", "--profile", str(REPO / "profiles" / "default")))
     medpipe = str(Path(sys.executable).parent / "medpipe")
-    diff = run([medpipe, "audit", "diff", str(tiny_run / "results"), str(wd / "results"),
-                "--out", str(tmp_path / "diff.json")], check=False)
+    diff = run(
+        [
+            medpipe,
+            "audit",
+            "diff",
+            str(tiny_run / "results"),
+            str(wd / "results"),
+            "--out",
+            str(tmp_path / "diff.json"),
+        ],
+        check=False,
+    )
     result = json.loads((tmp_path / "diff.json").read_text())
     assert diff.returncode == 0 and result["identical"], diff.stdout[-4000:]
     assert result["stages"]["train"]["files"] > 0 and result["stages"]["radiomics"]["files"] > 0

@@ -42,14 +42,34 @@ HEAD_LAYERS_MM: tuple[tuple[str, float], ...] = (
 #: Relative signal per tissue and sequence (T1w: white matter = 1; T2w: CSF = 1).
 SIGNAL: dict[str, dict[str, float]] = {
     "T1w": {
-        "wm": 1.0, "gm": 0.62, "csf": 0.15, "inner_table": 0.04, "diploe": 0.6, "outer_table": 0.04,
-        "galea": 0.4, "fat": 0.95, "skin": 0.55, "air": 0.0,
-        "rim": 1.6, "core": 0.2, "edema": 0.8,
+        "wm": 1.0,
+        "gm": 0.62,
+        "csf": 0.15,
+        "inner_table": 0.04,
+        "diploe": 0.6,
+        "outer_table": 0.04,
+        "galea": 0.4,
+        "fat": 0.95,
+        "skin": 0.55,
+        "air": 0.0,
+        "rim": 1.6,
+        "core": 0.2,
+        "edema": 0.8,
     },
     "T2w": {
-        "wm": 0.36, "gm": 0.56, "csf": 1.0, "inner_table": 0.04, "diploe": 0.4, "outer_table": 0.04,
-        "galea": 0.3, "fat": 0.65, "skin": 0.45, "air": 0.0,
-        "rim": 0.82, "core": 1.0, "edema": 0.62,
+        "wm": 0.36,
+        "gm": 0.56,
+        "csf": 1.0,
+        "inner_table": 0.04,
+        "diploe": 0.4,
+        "outer_table": 0.04,
+        "galea": 0.3,
+        "fat": 0.65,
+        "skin": 0.45,
+        "air": 0.0,
+        "rim": 0.82,
+        "core": 1.0,
+        "edema": 0.62,
     },
 }
 
@@ -100,8 +120,10 @@ def load_template() -> Template:
     return Template(
         brain=brain.astype(np.float32),
         brain_signal={seq: _brain_signal(gm, wm, seq) for seq in SIGNAL},
-        dist_out_mm=dist_out, affine=affine,
-        deep_wm_index=deep.astype(np.int64), deep_wm_depth_mm=depth.ravel()[deep_sub],
+        dist_out_mm=dist_out,
+        affine=affine,
+        deep_wm_index=deep.astype(np.int64),
+        deep_wm_depth_mm=depth.ravel()[deep_sub],
     )
 
 
@@ -136,8 +158,7 @@ def sample_template(
 
     def _sample(arr: F32, mode: str) -> F32:
         out = np.empty(shape, dtype=np.float32)
-        ndi.affine_transform(arr, m[:3, :3], m[:3, 3], output_shape=shape, output=out, order=1, mode=mode,
-                             cval=0.0)
+        ndi.affine_transform(arr, m[:3, :3], m[:3, 3], output_shape=shape, output=out, order=1, mode=mode, cval=0.0)
         return out
 
     return SampledMaps(
@@ -161,9 +182,7 @@ def tissue_signal(maps: SampledMaps, sequence: str, layer_factor: float) -> F32:
     return (b * maps.brain_signal + (1.0 - b) * layer_val).astype(np.float32)
 
 
-def pick_lesion_centre(
-    template: Template, rng: np.random.Generator, radius_mm: float
-) -> npt.NDArray[np.float64]:
+def pick_lesion_centre(template: Template, rng: np.random.Generator, radius_mm: float) -> npt.NDArray[np.float64]:
     """Choose a white-matter point in template world coordinates deep enough for a lesion of ``radius_mm``."""
     need = 1.3 * radius_mm + 3.0
     ok = template.deep_wm_index[template.deep_wm_depth_mm >= need]

@@ -111,8 +111,9 @@ def _ds(value: float) -> str:
     return "0" if text in {"-0", ""} else text[:16]
 
 
-def write_series(volume: npt.NDArray[np.uint16], grid: DemoGrid, folder: Path, study: StudyInfo,
-                 series: SeriesInfo) -> list[Path]:
+def write_series(
+    volume: npt.NDArray[np.uint16], grid: DemoGrid, folder: Path, study: StudyInfo, series: SeriesInfo
+) -> list[Path]:
     """Write ``volume`` (indexed ``[i, j, k]`` on ``grid``) as one MR Image Storage file per slice.
 
     Returns the written files ``IM0001.dcm ...`` in slice order (inferior to superior).

@@ -103,7 +103,15 @@ def lesion_level_on_grid(
     sub_shape = tuple(int(v) for v in hi - lo)
     offset = vox_to_lattice[:3, :3] @ lo + vox_to_lattice[:3, 3]
     sub = np.empty(sub_shape, dtype=np.float32)
-    ndi.affine_transform(lesion.level, vox_to_lattice[:3, :3], offset, output_shape=sub_shape, output=sub,
-                         order=1, mode="constant", cval=OUTSIDE)
-    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = sub
+    ndi.affine_transform(
+        lesion.level,
+        vox_to_lattice[:3, :3],
+        offset,
+        output_shape=sub_shape,
+        output=sub,
+        order=1,
+        mode="constant",
+        cval=OUTSIDE,
+    )
+    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = sub
     return out

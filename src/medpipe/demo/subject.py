@@ -16,6 +16,9 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
+from medpipe.core.geometry import Geometry
+from medpipe.core.io import save_nifti
+from medpipe.core.sidecar import write_json, write_sidecar
 from medpipe.demo.anatomy import SIGNAL, Template, pick_lesion_centre, sample_template, tissue_signal
 from medpipe.demo.dicom_series import (
     FOV_CENTRE_MM,
@@ -27,9 +30,6 @@ from medpipe.demo.dicom_series import (
     write_series,
 )
 from medpipe.demo.lesion import Lesion, lesion_level_on_grid, make_lesion
-from medpipe.geometry import Geometry
-from medpipe.io import save_nifti
-from medpipe.sidecar import write_json, write_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +99,17 @@ def plant_phi(subject: str, rng: np.random.Generator) -> dict[str, str]:
     }
 
 
-def _synthesise(template: Template, grid: DemoGrid, lesion: Lesion, world_to_template: F64,
-                acquisition_to_subject: F64, sequence: str, layer_factor: float,
-                ) -> tuple[F32, npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+def _synthesise(
+    template: Template,
+    grid: DemoGrid,
+    lesion: Lesion,
+    world_to_template: F64,
+    acquisition_to_subject: F64,
+    sequence: str,
+    layer_factor: float,
+) -> tuple[F32, npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
     """Clean signal (SIGNAL_SCALE units), brain mask and lesion parts (1 rim, 2 core, 3 edema)."""
-    maps = sample_template(template, grid.affine, grid.shape, world_to_template @ acquisition_to_subject,
-                           sequence)
+    maps = sample_template(template, grid.affine, grid.shape, world_to_template @ acquisition_to_subject, sequence)
     sig = tissue_signal(maps, sequence, layer_factor)
     level = lesion_level_on_grid(lesion, grid.affine, grid.shape, acquisition_to_subject)
     brain = maps.brain > 0.5
@@ -149,13 +154,13 @@ def _transform_record(motion: F64, rot: F64, trans: F64, centre: F64) -> dict[st
         "translation_mm": [round(float(v), 6) for v in trans],
         "centre_mm": [round(float(v), 6) for v in centre],
         "ants_fixed_t1w_to_moving_t2w_lps": _m(LPS @ motion @ LPS),
-        "ants_note": "ANTs registration of moving T2w onto fixed T1w recovers this LPS matrix "
-                     "(fixed -> moving).",
+        "ants_note": "ANTs registration of moving T2w onto fixed T1w recovers this LPS matrix (fixed -> moving).",
     }
 
 
-def generate_subject(template: Template, grid: DemoGrid, index: int, seed: int, root: Path,
-                     uid_key: str) -> SubjectResult:
+def generate_subject(
+    template: Template, grid: DemoGrid, index: int, seed: int, root: Path, uid_key: str
+) -> SubjectResult:
     """Synthesise subject ``demo{index:02d}`` and write DICOM, truth and label under ``root``."""
     subject = f"demo{index:02d}"
     rng = np.random.default_rng([seed, index])
@@ -175,19 +180,27 @@ def generate_subject(template: Template, grid: DemoGrid, index: int, seed: int, 
     trans = rng.uniform(-6.0, 6.0, size=3)
     motion = rigid(rot, trans, centre)
     phi = plant_phi(subject, rng)
-    study = StudyInfo(phi=phi, study_uid=demo_uid(uid_key, subject, "study"),
-                      frame_of_reference_uid=demo_uid(uid_key, subject, "frame"),
-                      study_date=f"2021{(index - 1) % 12 + 1:02d}15", uid_key=uid_key)
+    study = StudyInfo(
+        phi=phi,
+        study_uid=demo_uid(uid_key, subject, "study"),
+        frame_of_reference_uid=demo_uid(uid_key, subject, "frame"),
+        study_date=f"2021{(index - 1) % 12 + 1:02d}15",
+        uid_key=uid_key,
+    )
     truth = root / "truth" / subject
     files: list[Path] = []
     geom = Geometry(grid.shape, grid.affine)
-    record: dict[str, Any] = {"subject": subject, "scale_xyz": scale.round(6).tolist(),
-                              "pose_deg_xyz": pose_deg.round(6).tolist(), "shift_mm": shift.round(6).tolist(),
-                              "head_layer_factor": round(layer_factor, 6), "lesion": lesion.describe()}
+    record: dict[str, Any] = {
+        "subject": subject,
+        "scale_xyz": scale.round(6).tolist(),
+        "pose_deg_xyz": pose_deg.round(6).tolist(),
+        "shift_mm": shift.round(6).tolist(),
+        "head_layer_factor": round(layer_factor, 6),
+        "lesion": lesion.describe(),
+    }
     for sequence, (number, te, tr, flip) in SEQUENCES.items():
         to_subject = np.eye(4) if sequence == "T1w" else np.asarray(np.linalg.inv(motion), dtype=np.float64)
-        clean, brain, parts = _synthesise(template, grid, lesion, world_to_template, to_subject, sequence,
-                                          layer_factor)
+        clean, brain, parts = _synthesise(template, grid, lesion, world_to_template, to_subject, sequence, layer_factor)
         bias = bias_field(rng, grid.shape, float(rng.uniform(0.15, 0.3)))
         noise = float(rng.uniform(0.02, 0.035)) * SIGNAL_SCALE
         image = _acquire(clean, bias, noise, rng)
@@ -198,24 +211,40 @@ def generate_subject(template: Template, grid: DemoGrid, index: int, seed: int, 
         if sequence == "T1w":
             lesion_mask = ((parts == 1) | (parts == 2)).astype(np.uint8)
             record["lesion"]["volume_ml"] = round(float(lesion_mask.sum() * np.prod(grid.spacing)) / 1000, 4)
-            outputs |= {"brainmask.nii.gz": (brain, "uint8"), "lesion.nii.gz": (lesion_mask, "uint8"),
-                        "lesion_parts.nii.gz": (parts, "uint8"), "T1w_clean.nii.gz": (clean, "float32")}
+            outputs |= {
+                "brainmask.nii.gz": (brain, "uint8"),
+                "lesion.nii.gz": (lesion_mask, "uint8"),
+                "lesion_parts.nii.gz": (parts, "uint8"),
+                "T1w_clean.nii.gz": (clean, "float32"),
+            }
             label = root / "labels" / f"{subject}_lesion.nii.gz"
-            files += _save(lesion_mask, "uint8", label, geom, subject,
-                           {"what": "human lesion label (rim+core)"})
+            files += _save(lesion_mask, "uint8", label, geom, subject, {"what": "human lesion label (rim+core)"})
         for name, (data, dtype) in outputs.items():
             files += _save(data, dtype, truth / name, geom, subject, {"what": name.split(".")[0]})
     record["noise"] = "Rician (Gaussian noise on real and imaginary channels), sigma in DICOM units"
     files.append(write_json(_transform_record(motion, rot, trans, centre), truth / "t2w_to_t1w_rigid.json"))
     files.append(write_json(record, truth / "subject.json"))
-    logger.info("%s: lesion radius %.1f mm, %.1f ml; T2w motion %s deg, %s mm", subject, radius,
-                record["lesion"]["volume_ml"], rot.round(1).tolist(), trans.round(1).tolist())
+    logger.info(
+        "%s: lesion radius %.1f mm, %.1f ml; T2w motion %s deg, %s mm",
+        subject,
+        radius,
+        record["lesion"]["volume_ml"],
+        rot.round(1).tolist(),
+        trans.round(1).tolist(),
+    )
     return SubjectResult(subject, phi, files)
 
 
-def _save(data: npt.NDArray[Any], dtype: str, path: Path, geom: Geometry, subject: str,
-          parameters: dict[str, Any]) -> list[Path]:
+def _save(
+    data: npt.NDArray[Any], dtype: str, path: Path, geom: Geometry, subject: str, parameters: dict[str, Any]
+) -> list[Path]:
     save_nifti(data, geom.affine, path, dtype=dtype)
-    side = write_sidecar(path, stage="demo", subject=subject, parameters=parameters, geometry=geom,
-                         packages=("nilearn", "pydicom", "scipy"))
+    side = write_sidecar(
+        path,
+        stage="demo",
+        subject=subject,
+        parameters=parameters,
+        geometry=geom,
+        packages=("nilearn", "pydicom", "scipy"),
+    )
     return [path, side]

@@ -1,0 +1,205 @@
+"""Validation of config.yaml and the subject sheet, before any job starts.
+
+Both are checked against JSON Schemas in ``config/schemas``; defaults from the schema are filled
+in, unknown keys are refused, and every problem is reported with the key (or sheet row) it is
+about, all at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pandas as pd
+import yaml
+
+from medpipe.core.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: The schemas of the repository's ``config/schemas``: the one place a default or an allowed value lives.
+#: medpipe runs from its repository (editable install beside the Snakefile), so the package finds them there.
+SCHEMA_DIR = Path(__file__).resolve().parents[3] / "config" / "schemas"
+CONFIG_SCHEMA = SCHEMA_DIR / "config.schema.yaml"
+SUBJECTS_SCHEMA = SCHEMA_DIR / "subjects.schema.yaml"
+
+
+def _with_defaults(cls: Any) -> Any:
+    """Extend a jsonschema validator class so that it fills in ``default`` values."""
+    validate_properties = cls.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: Any, instance: Any, schema: Any) -> Iterator[Any]:
+        if isinstance(instance, MutableMapping):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = _copy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(cls, {"properties": set_defaults})
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+_Validator = _with_defaults(jsonschema.Draft7Validator)
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    """Read a YAML JSON-Schema file."""
+    data: dict[str, Any] = yaml.safe_load(Path(path).read_text())
+    return data
+
+
+@functools.cache
+def _config_schema() -> dict[str, Any]:
+    if not CONFIG_SCHEMA.is_file():
+        raise ConfigError(f"config schema not found at {CONFIG_SCHEMA}: run medpipe from its repository checkout")
+    return load_schema(CONFIG_SCHEMA)
+
+
+def section_schema(*keys: str) -> dict[str, Any]:
+    """The sub-schema of ``config.schema.yaml`` for the config section ``keys`` (e.g. ``"preprocess", "n4"``)."""
+    node = _config_schema()
+    for i, key in enumerate(keys):
+        props = node.get("properties", {})
+        if key not in props:
+            raise ConfigError(f"config schema has no section {'.'.join(keys[: i + 1])!r}", path=CONFIG_SCHEMA)
+        node = props[key]
+    return node
+
+
+def with_defaults(settings: Mapping[str, Any] | None, *keys: str) -> dict[str, Any]:
+    """A validated copy of the config section ``keys`` with every default of the schema filled in.
+
+    Functions called outside Snakemake (tests, benchmarks, the CLI) get the same defaults as a workflow
+    run, because both come from the schema; no module keeps its own copy.
+
+    Raises
+    ------
+    ConfigError
+        Listing every invalid key as ``section.key: problem``.
+    """
+    instance: dict[str, Any] = _copy(dict(settings or {}))
+    where = ".".join(keys)
+    errors = sorted(_Validator(section_schema(*keys)).iter_errors(instance), key=lambda e: list(map(str, e.path)))
+    if errors:
+        lines = [f"  {where}.{_where(e, '')}".rstrip(".") + f": {e.message}" for e in errors]
+        raise ConfigError("invalid settings:\n" + "\n".join(lines))
+    return instance
+
+
+def allowed_values(*keys: str) -> list[Any]:
+    """The ``enum`` of a config key in the schema (for the items of an array: the items' enum)."""
+    node = section_schema(*keys)
+    node = node.get("items", node)
+    if "enum" not in node:
+        raise ConfigError(f"config schema key {'.'.join(keys)!r} has no enum", path=CONFIG_SCHEMA)
+    return list(node["enum"])
+
+
+def _where(error: jsonschema.ValidationError, root: str) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else root
+
+
+def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -> MutableMapping[str, Any]:
+    """Validate ``config`` in place against the schema, filling defaults.
+
+    Raises
+    ------
+    ConfigError
+        Listing every invalid key as ``key.path: problem``.
+    """
+    validator = _Validator(load_schema(schema_path))
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"  {_where(e, 'config')}: {e.message}" for e in errors]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    sequences = config.get("sequences", {})
+    if config.get("reference_sequence") not in sequences:
+        raise ConfigError(
+            f"  reference_sequence: {config.get('reference_sequence')!r} is not one of the configured "
+            f"sequences {sorted(sequences)}"
+        )
+    ref_nifti = sequences[config["reference_sequence"]].get("nifti")
+    if ref_nifti and config.get("postprocess", {}).get("dicom_seg"):
+        raise ConfigError(
+            f"  postprocess.dicom_seg: true needs a DICOM reference series, but sequences."
+            f"{config['reference_sequence']}.nifti is {ref_nifti!r}; set postprocess.dicom_seg: false"
+        )
+    return config
+
+
+def nifti_inputs(config: Mapping[str, Any]) -> list[str]:
+    """File names (relative to each subject's folder) that the ``nifti`` sequence selectors name."""
+    return [str(sel["nifti"]) for sel in config.get("sequences", {}).values() if sel.get("nifti")]
+
+
+def load_subject_sheet(
+    path: str | Path, schema_path: str | Path, *, base_dir: str | Path = ".", required_files: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Read and validate the subject sheet; every referenced folder and file must exist.
+
+    Parameters
+    ----------
+    path
+        TSV with a header row (columns: subject, dicom, label).
+    schema_path
+        ``subjects.schema.yaml``.
+    base_dir
+        Directory that relative paths in the sheet are relative to (the working directory).
+    required_files
+        Files every subject's folder must hold (the ``nifti`` selectors, see :func:`nifti_inputs`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by subject, with columns ``dicom`` and ``label`` ('' when absent).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            "subject sheet not found; for the demo run `medpipe demo-data` (or `make demo`) first",
+            path=path,
+        )
+    sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    validator = _Validator(load_schema(schema_path))
+    base = Path(base_dir)
+    problems: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for i, raw in enumerate(sheet.to_dict(orient="records"), start=2):
+        row = {k: v for k, v in raw.items() if not (k == "label" and v == "")}
+        for error in validator.iter_errors(row):
+            problems.append(f"  row {i} ({raw.get('subject', '?')}): {_where(error, 'row')}: {error.message}")
+        row.setdefault("label", "")
+        dicom = base / str(row.get("dicom", ""))
+        if row.get("dicom") and not dicom.is_dir():
+            problems.append(f"  row {i} ({row.get('subject', '?')}): dicom folder {row['dicom']!r} does not exist")
+        elif row.get("dicom"):
+            problems += [
+                f"  row {i} ({row.get('subject', '?')}): folder {row['dicom']!r} has no {name!r} "
+                f"(a sequences.*.nifti file)"
+                for name in required_files
+                if not (dicom / name).is_file()
+            ]
+        if row["label"] and not (base / row["label"]).exists():
+            problems.append(f"  row {i} ({row.get('subject', '?')}): label file {row['label']!r} does not exist")
+        rows.append(row)
+    subjects = [str(r.get("subject", "")) for r in rows]
+    dups = sorted({s for s in subjects if subjects.count(s) > 1})
+    if dups:
+        problems.append(f"  duplicated subject IDs: {dups}")
+    if not rows:
+        problems.append("  the sheet has no subjects")
+    if problems:
+        raise ConfigError("invalid subject sheet:\n" + "\n".join(problems), path=path)
+    return pd.DataFrame(rows).set_index("subject", drop=False)

@@ -1,0 +1,189 @@
+"""Intensity normalisation and resampling onto the training grid.
+
+Methods (``settings["method"]``, overridable per sequence in ``settings["per_sequence"]``):
+
+* ``zscore``: ``(x - mean) / sd`` with mean and SD over the brain mask.
+* ``percentile``: clip to the ``percentiles`` (default 0.5 and 99.5 %) of the voxels in the mask,
+  rescale to [0, 1].
+* ``ct_window``: clip to ``window_hu`` (default [-1000, 400]) and rescale to [0, 1].
+* ``none``: intensities unchanged.
+
+WhiteStripe is not offered: the ``intensity-normalization`` package is not installed and no other
+installed library provides it.
+
+Statistics come from the mask; the whole image is transformed (voxels outside the mask are kept).
+The normalised image is then resampled (B-spline by default) onto
+:func:`medpipe.core.resample.target_grid` of its own grid, which is the reference sequence's grid for
+every sequence (co-registration writes on the fixed grid), so all channels share one grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from medpipe.core.errors import DataError, MedpipeError
+from medpipe.core.geometry import check_finite, check_same_grid, geometry_of
+from medpipe.core.io import load_nifti, save_like
+from medpipe.core.qc import save_histogram
+from medpipe.core.resample import resample_to_grid, target_grid
+from medpipe.core.sidecar import write_sidecar
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("zscore", "percentile", "ct_window", "none")
+#: Defaults of ``config["preprocess"]["normalise"]``.
+DEFAULTS: dict[str, Any] = {
+    "method": "zscore",
+    "percentiles": [0.5, 99.5],
+    "window_hu": [-1000.0, 400.0],
+    "interpolation": "bspline",
+    "per_sequence": {},
+}
+
+
+def resolve_settings(settings: Mapping[str, Any], sequence: str | None) -> dict[str, Any]:
+    """Defaults, overlaid by ``settings``, overlaid by ``settings["per_sequence"][sequence]``."""
+    merged = {**DEFAULTS, **dict(settings)}
+    override = dict((merged.get("per_sequence") or {}).get(sequence, {})) if sequence else {}
+    merged = {**merged, **override}
+    merged.pop("per_sequence", None)
+    if merged["method"] not in METHODS:
+        raise MedpipeError(f"preprocess.normalise.method must be one of {METHODS}, got {merged['method']!r}")
+    if merged["interpolation"] not in ("linear", "bspline"):
+        raise MedpipeError(
+            f"preprocess.normalise.interpolation must be 'linear' or 'bspline', got {merged['interpolation']!r}"
+        )
+    return merged
+
+
+def normalise_array(
+    data: npt.NDArray[Any],
+    mask: npt.NDArray[Any],
+    settings: Mapping[str, Any],
+    *,
+    subject: str | None = None,
+    path: str | Path | None = None,
+) -> npt.NDArray[np.float32]:
+    """Normalise ``data`` with statistics over ``mask > 0`` (see the module docstring for methods)."""
+    x = np.asarray(data, dtype=np.float64)
+    inside = x[np.asarray(mask) > 0]
+    method = settings["method"]
+    if method == "zscore":
+        sd = float(inside.std())
+        if sd <= 0:
+            raise DataError(
+                "intensities are constant inside the mask; z-score is undefined", subject=subject, path=path
+            )
+        out = (x - float(inside.mean())) / sd
+    elif method == "percentile":
+        lo, hi = np.percentile(inside, [float(v) for v in settings["percentiles"]])
+        if hi <= lo:
+            raise DataError(
+                f"percentiles {settings['percentiles']} coincide ({lo:.4g}); cannot rescale",
+                subject=subject,
+                path=path,
+            )
+        out = (np.clip(x, lo, hi) - lo) / (hi - lo)
+    elif method == "ct_window":
+        lo, hi = (float(v) for v in settings["window_hu"])
+        if hi <= lo:
+            raise MedpipeError(f"window_hu must be [low, high] with low < high, got {settings['window_hu']}")
+        out = (np.clip(x, lo, hi) - lo) / (hi - lo)
+    else:
+        out = x
+    return out.astype(np.float32)
+
+
+def normalise_image(
+    image: str | Path,
+    brainmask: str | Path,
+    out_image: str | Path,
+    out_qc: str | Path,
+    *,
+    subject: str,
+    settings: Mapping[str, Any],
+    target_spacing_mm: Sequence[float] | None,
+    sequence: str | None = None,
+) -> Path:
+    """Normalise ``image`` within ``brainmask`` and resample it onto the training grid.
+
+    Parameters
+    ----------
+    image
+        N4-corrected sequence on the reference grid.
+    brainmask
+        Brain mask on the same grid (all ones for non-brain data).
+    out_image
+        Normalised image on the training grid (float32, with sidecar).
+    out_qc
+        Histogram PNG of the intensities inside the mask before and after.
+    subject
+        Subject ID (errors, sidecar).
+    settings
+        ``config["preprocess"]["normalise"]`` (see :data:`DEFAULTS`).
+    target_spacing_mm
+        ``config["preprocess"]["target_spacing_mm"]``; ``None`` keeps the native grid.
+    sequence
+        Sequence name, to apply ``settings["per_sequence"][sequence]``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_image``.
+    """
+    s = resolve_settings(settings, sequence)
+    img = load_nifti(image, subject=subject)
+    mask_img = load_nifti(brainmask, subject=subject)
+    grid = geometry_of(img)
+    check_same_grid(grid, geometry_of(mask_img), what="image vs brain mask", subject=subject, path=brainmask)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.ndim != 3:
+        raise DataError(f"expected a 3D image, got shape {data.shape}", subject=subject, path=image)
+    check_finite(data, subject=subject, path=image)
+    mask = np.asarray(mask_img.dataobj) > 0
+    if not mask.any():
+        raise DataError("brain mask is empty; cannot compute normalisation statistics", subject=subject, path=brainmask)
+    normalised = normalise_array(data, mask, s, subject=subject, path=image)
+    target = target_grid(grid, target_spacing_mm)
+    if target is grid:
+        out = normalised
+    else:
+        out = resample_to_grid(normalised, target, interpolation=s["interpolation"], source=grid).astype(np.float32)
+    save_like(out, target, out_image, dtype=np.float32)
+    check_same_grid(
+        geometry_of(load_nifti(out_image, subject=subject)),
+        target,
+        what="normalised vs target grid",
+        subject=subject,
+        path=out_image,
+    )
+    save_histogram(
+        {"before (in mask)": data[mask], "after (in mask)": normalised[mask]},
+        out_qc,
+        title=f"sub-{subject}: {sequence or Path(image).name.split('.')[0]} {s['method']}",
+        xlabel="intensity",
+    )
+    write_sidecar(
+        out_image,
+        stage="normalise",
+        subject=subject,
+        inputs=[image, brainmask],
+        parameters={
+            **s,
+            "target_spacing_mm": None if target_spacing_mm is None else [float(v) for v in target_spacing_mm],
+        },
+        geometry=target,
+    )
+    logger.info(
+        "normalised (%s) onto grid %s, spacing %s",
+        s["method"],
+        target.shape,
+        [round(v, 3) for v in target.spacing],
+    )
+    return Path(out_image)

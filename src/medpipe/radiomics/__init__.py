@@ -1,0 +1,11 @@
+"""Stage ``radiomics`` (rules/radiomics.smk: ``perturb_mask``, ``perturb_image``, ``radiomics``, ``radiomics_table``).
+
+* :mod:`.extract`: pyradiomics extraction with IBSI names and provenance, and the long feature table.
+* :mod:`.ibsi`: IBSI mapping of pyradiomics features and the IBSI corrections.
+* :mod:`.ibsi_preprocess`: interpolation on the IBSI grid (centred on the input grid, trilinear image rounded to
+  integers, trilinear mask kept at >= 0.5) and re-segmentation into separate morphological and intensity masks.
+* :mod:`.ibsi_extractor`: a pyradiomics extractor whose texture classes number fixed-bin-size bins from the lower
+  bound of the re-segmentation range (IBSI), and which takes the two masks.
+* :mod:`.perturb`: one-voxel mask perturbations and seeded image noise (robustness sources).
+* :mod:`.figures`: the report's feature overview figure.
+"""

@@ -1,0 +1,331 @@
+"""Radiomics feature extraction with pyradiomics, IBSI names and full provenance.
+
+A params YAML (``config/radiomics/*.yaml``) is a pyradiomics parameter file (``imageType``,
+``featureClass``, ``setting``) plus an optional ``medpipe`` section with the IBSI image processing of
+:class:`medpipe.radiomics.ibsi_preprocess.IbsiSettings` (interpolation on the centred grid, rounding,
+partial-volume mask threshold, re-segmentation range / outlier filtering, bin numbering). pyradiomics'
+own ``resampledPixelSpacing`` and ``resegmentRange`` are refused: they follow other conventions
+(see :mod:`medpipe.radiomics.ibsi_preprocess`), so one extraction cannot mix the two.
+
+The output is a long table, one row per feature, with provenance on every row (subject, mask
+source, pyradiomics version, settings hash, image and mask sha256), the raw pyradiomics value
+(``value``) and, where the feature maps to IBSI-1, its code, name and IBSI-compliant value
+(``ibsi_value``, see :mod:`medpipe.radiomics.ibsi`). Rows of kind ``ibsi-derived`` hold IBSI features that
+pyradiomics does not report under that name (e.g. GLCM dissimilarity); they have no raw value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import yaml
+
+from medpipe.core.errors import ConfigError, DataError
+from medpipe.core.geometry import Geometry, check_same_grid
+from medpipe.core.io import write_tsv
+from medpipe.core.sidecar import sha256_file
+from medpipe.radiomics.ibsi import IBSI_MAP, ibsi_values
+from medpipe.radiomics.ibsi_extractor import BIN_START_KEY, IbsiFeatureExtractor
+from medpipe.radiomics.ibsi_preprocess import IbsiSettings, describe, interpolate, resegment, voxel_count
+
+logger = logging.getLogger(__name__)
+
+#: Column order of the per-subject feature tables.
+COLUMNS = [
+    "subject",
+    "source",
+    "image_type",
+    "feature_class",
+    "feature",
+    "kind",
+    "value",
+    "ibsi_code",
+    "ibsi_name",
+    "ibsi_value",
+    "ibsi_correction",
+    "pyradiomics_version",
+    "settings_hash",
+    "image_sha256",
+    "mask_sha256",
+]
+
+_REFUSED_SETTINGS = {
+    "resampledPixelSpacing": "use medpipe.spacing_mm (IBSI centred grid) instead",
+    "resegmentRange": "use medpipe.resegment_range instead",
+}
+
+
+def pyradiomics_version() -> str:
+    """Installed pyradiomics version (distribution ``pyradiomics-bhklab`` or ``pyradiomics``)."""
+    for dist in ("pyradiomics-bhklab", "pyradiomics"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    import radiomics
+
+    return str(radiomics.__version__)
+
+
+def load_params(params: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], IbsiSettings]:
+    """Split a params YAML (or dict) into the pyradiomics part and the IBSI processing settings.
+
+    Raises :class:`ConfigError` naming the file and key for refused or malformed settings.
+    """
+    path = None
+    if isinstance(params, str | Path):
+        path = Path(params)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read radiomics params: {exc}", path=path) from exc
+    else:
+        data = dict(params)
+    if not isinstance(data, dict):
+        raise ConfigError("radiomics params must be a mapping", path=path)
+    data = dict(data)
+    try:
+        ibsi = IbsiSettings.from_dict(data.pop("medpipe", None))
+    except ConfigError as exc:
+        raise ConfigError(str(exc), path=path) from exc
+    for key, hint in _REFUSED_SETTINGS.items():
+        if (data.get("setting") or {}).get(key) is not None:
+            raise ConfigError(f"setting {key} is not allowed: {hint}", path=path)
+    return data, ibsi
+
+
+def settings_hash(params: Mapping[str, Any], ibsi: IbsiSettings) -> str:
+    """Short sha256 of the canonical JSON of all extraction settings (first 16 hex digits)."""
+    blob = json.dumps({"pyradiomics": params, "medpipe": ibsi.__dict__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_image(path: str | Path, *, subject: str | None = None) -> sitk.Image:
+    """Read a 3D image (NIfTI, NRRD, ...) with SimpleITK, raising :class:`DataError` naming the file."""
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise DataError(f"cannot read image: {exc}", subject=subject, path=path) from exc
+    if img.GetDimension() != 3:
+        raise DataError(f"expected a 3D image, got {img.GetDimension()}D", subject=subject, path=path)
+    return img
+
+
+def sitk_geometry(img: sitk.Image) -> Geometry:
+    """:class:`Geometry` (RAS+ affine) of a SimpleITK image."""
+    m = np.eye(4)
+    m[:3, :3] = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3) * np.asarray(img.GetSpacing())
+    m[:3, 3] = img.GetOrigin()
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ m
+    size = img.GetSize()
+    return Geometry((int(size[0]), int(size[1]), int(size[2])), ras)
+
+
+def compute_features(
+    image: sitk.Image,
+    mask: sitk.Image,
+    params: Mapping[str, Any],
+    ibsi: IbsiSettings,
+    *,
+    subject: str | None = None,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Run the IBSI processing and pyradiomics on one image/mask pair (same grid, checked).
+
+    Returns
+    -------
+    raw
+        pyradiomics ``"<imageType>_<class>_<Feature>"`` -> value.
+    ibsi
+        image type -> {IBSI code -> IBSI-compliant value}.
+    """
+    check_same_grid(sitk_geometry(image), sitk_geometry(mask), what="mask vs image", subject=subject)
+    mask_arr = sitk.GetArrayViewFromImage(mask)
+    if not np.isin(mask_arr, (0, 1)).all():
+        raise DataError(f"mask values {np.unique(mask_arr)[:6].tolist()} are not 0/1", subject=subject)
+    if not mask_arr.any():
+        raise DataError("mask is empty: no feature can be computed", subject=subject)
+    extractor = IbsiFeatureExtractor(dict(params))
+    settings = extractor.settings
+    if ibsi.bin_start is not None:
+        settings[BIN_START_KEY] = ibsi.bin_start
+    img = sitk.Cast(image, sitk.sitkFloat64)
+    if settings.get("normalize"):
+        from radiomics import imageoperations
+
+        img = imageoperations.normalizeImage(img, **settings)
+    img, morph = interpolate(img, mask, ibsi)
+    intensity = resegment(img, morph, ibsi, subject=subject)
+    n_morph, n_int = voxel_count(morph), voxel_count(intensity)
+    logger.info("IBSI processing: %s; ROI %d voxels (intensity mask %d)", describe(ibsi), n_morph, n_int)
+    try:
+        result = extractor.execute_masks(img, morph, intensity)
+    except ValueError as exc:  # pyradiomics reports invalid ROIs as ValueError
+        raise DataError(f"pyradiomics refused the ROI: {exc}", subject=subject) from exc
+    raw = {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
+    shift = float(settings.get("voxelArrayShift", 0))
+    by_type: dict[str, dict[str, float]] = {}
+    for key, value in raw.items():
+        image_type, rest = _split_name(key)
+        by_type.setdefault(image_type, {})[rest] = value
+    shape = by_type.get("original", {})
+    ibsi_by_type = {}
+    for image_type, values in by_type.items():
+        merged = {**{k: v for k, v in shape.items() if k.startswith("shape_")}, **values}
+        codes = ibsi_values(merged, n_morph=n_morph, n_int=n_int, voxel_array_shift=shift)
+        if image_type != "original":  # shape is computed once, on the original image
+            codes = {c: v for c, v in codes.items() if IBSI_MAP[c].family != "morphology"}
+        ibsi_by_type[image_type] = codes
+    return raw, ibsi_by_type
+
+
+def _split_name(key: str) -> tuple[str, str]:
+    """``"wavelet-LLH_glcm_Idm" -> ("wavelet-LLH", "glcm_Idm")``."""
+    image_type, cls, feature = key.rsplit("_", 2)
+    return image_type, f"{cls}_{feature}"
+
+
+def feature_rows(raw: Mapping[str, float], ibsi: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
+    """Long-format rows (without provenance) from :func:`compute_features` output."""
+    source_to_codes: dict[str, list[str]] = {}
+    for code, feat in IBSI_MAP.items():
+        if not feat.correction.startswith("derived"):
+            source_to_codes.setdefault(feat.source, []).append(code)
+    rows: list[dict[str, Any]] = []
+    for key, value in raw.items():
+        image_type, name = _split_name(key)
+        codes = [c for c in source_to_codes.get(name, []) if c in ibsi.get(image_type, {})]
+        code = codes[0] if codes else ""
+        rows.append(_row(image_type, name, key, "pyradiomics", value, code, ibsi.get(image_type, {})))
+    for image_type, values in ibsi.items():
+        for code in values:
+            feat = IBSI_MAP[code]
+            if feat.correction.startswith("derived"):
+                cls = feat.source.split("_", 1)[0]
+                rows.append(
+                    _row(
+                        image_type,
+                        f"{cls}_IBSI{code}",
+                        f"{image_type}_{cls}_IBSI{code}",
+                        "ibsi-derived",
+                        float("nan"),
+                        code,
+                        values,
+                    )
+                )
+    return rows
+
+
+def _row(
+    image_type: str, name: str, key: str, kind: str, value: float, code: str, codes: Mapping[str, float]
+) -> dict[str, Any]:
+    feat = IBSI_MAP.get(code)
+    return {
+        "image_type": image_type,
+        "feature_class": name.split("_", 1)[0],
+        "feature": key,
+        "kind": kind,
+        "value": value,
+        "ibsi_code": code,
+        "ibsi_name": feat.name if feat else "",
+        "ibsi_value": codes.get(code, float("nan")) if code else float("nan"),
+        "ibsi_correction": feat.correction if feat else "",
+    }
+
+
+def extract_features(
+    image: str | Path,
+    mask: str | Path,
+    out_tsv: str | Path,
+    *,
+    subject: str,
+    source: str,
+    params_file: str | Path,
+) -> Path:
+    """Extract pyradiomics features of one image/mask pair into a long TSV with provenance.
+
+    Parameters
+    ----------
+    image, mask
+        Image and 0/1 mask on the same grid (checked first; :class:`GeometryError` names both files).
+    out_tsv
+        Output table, one row per feature (columns :data:`COLUMNS`).
+    subject
+        Subject ID (subject sheet).
+    source
+        Mask source, e.g. ``human``, ``auto``, a model name or a perturbation.
+    params_file
+        Radiomics params YAML (pyradiomics params + optional ``medpipe`` IBSI section).
+    """
+    params, ibsi = load_params(params_file)
+    img = read_image(image, subject=subject)
+    msk = read_image(mask, subject=subject)
+    check_same_grid(
+        sitk_geometry(img),
+        sitk_geometry(msk),
+        what=f"mask {Path(mask).name} vs image {Path(image).name}",
+        subject=subject,
+        path=mask,
+    )
+    raw, codes = compute_features(img, msk, params, ibsi, subject=subject)
+    provenance = {
+        "subject": subject,
+        "source": source,
+        "pyradiomics_version": pyradiomics_version(),
+        "settings_hash": settings_hash(params, ibsi),
+        "image_sha256": sha256_file(image),
+        "mask_sha256": sha256_file(mask),
+    }
+    table = pd.DataFrame([{**provenance, **row} for row in feature_rows(raw, codes)], columns=COLUMNS)
+    logger.info(
+        "subject %s, mask %s: %d features (%d with an IBSI code)",
+        subject,
+        source,
+        len(table),
+        int((table["ibsi_code"] != "").sum()),
+    )
+    return write_table(table, out_tsv)
+
+
+def write_table(table: pd.DataFrame, out: str | Path) -> Path:
+    """Write a TSV atomically with full float precision (byte-identical on re-runs)."""
+    return write_tsv(table, out)
+
+
+def collect(tables: Iterable[str | Path], out: str | Path, out_plot: str | Path | None = None) -> Path:
+    """Concatenate per-subject/source feature tables into one long TSV, sorted deterministically.
+
+    Raises :class:`DataError` when a table lacks the expected columns or when tables were made
+    with different settings (settings hash) or pyradiomics versions. With ``out_plot``, also draws
+    the report's overview of key features per subject and mask source.
+    """
+    frames = []
+    for path in sorted(str(p) for p in tables):
+        frame = pd.read_csv(
+            path, sep="\t", keep_default_na=False, na_values=["NA"], dtype={"ibsi_code": str, "subject": str}
+        )
+        missing = [c for c in COLUMNS if c not in frame.columns]
+        if missing:
+            raise DataError(f"feature table lacks columns {missing}", path=path)
+        frames.append(frame)
+    if not frames:
+        raise DataError("no feature tables to collect", path=out)
+    table = pd.concat(frames, ignore_index=True)
+    for column in ("settings_hash", "pyradiomics_version"):
+        values = sorted(table[column].astype(str).unique())
+        if len(values) > 1:
+            raise DataError(f"feature tables mix {column} values {values}; re-run radiomics", path=out)
+    table = table.sort_values(["subject", "source", "feature"], kind="stable")[COLUMNS]
+    if out_plot is not None:
+        from medpipe.radiomics.figures import save_feature_overview
+
+        save_feature_overview(table, out_plot)
+    return write_table(table, out)

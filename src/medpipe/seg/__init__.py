@@ -1,1 +1,0 @@
-"""Segmentation engine: folds, data, models, losses, training and inference (MONAI + torch)."""

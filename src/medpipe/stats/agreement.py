@@ -1,0 +1,351 @@
+"""Agreement statistics between two mask sources: CCC, ICC, Bland–Altman, retention per class.
+
+Definitions (per feature, over the subjects that have both sources):
+
+* Lin's concordance correlation coefficient (Lin 1989), with population moments:
+  ``CCC = 2 s_ab / (s_a^2 + s_b^2 + (mean_a - mean_b)^2)``; 95 % CI by a seeded percentile
+  bootstrap over subjects.
+* ICC(3,1) (two-way mixed, consistency, single rater; pingouin "ICC(C,1)") and ICC(2,1)
+  (two-way random, absolute agreement, single rater; pingouin "ICC(A,1)") with pingouin's F-based
+  95 % CIs (Shrout & Fleiss 1979; McGraw & Wong 1996).
+* Bland–Altman: mean difference ``b - a`` and limits of agreement ``mean ± 1.96 SD`` (SD with N - 1).
+
+Degenerate cases are explicit, in the ``status`` column, never silent NaN:
+
+* ``too_few_subjects``: fewer than :data:`MIN_SUBJECTS` complete pairs; no statistic is computed.
+* ``constant``: the feature takes one value for every subject within each source. ICC is
+  undefined (0 / 0) and left NaN; CCC is reported as 1 when both sources give the same constant and
+  0 otherwise. Such a feature cannot separate subjects, so it is excluded from the retention
+  percentages (counted in ``n_constant``) and never called reproducible.
+* ``ok``: everything computed. Bootstrap resamples in which CCC is undefined are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from medpipe.core.errors import DataError
+from medpipe.core.io import save_png, write_tsv
+
+logger = logging.getLogger(__name__)
+
+#: Fewest complete subject pairs for which agreement statistics are computed.
+MIN_SUBJECTS = 3
+
+#: Order of the feature classes in the retention table (the seed study's table).
+CLASSES = ("shape", "first-order", "texture", "wavelet", "LoG")
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def lin_ccc(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
+    """Lin's concordance correlation coefficient of two paired samples.
+
+    Returns 1.0 when both samples are the same constant, NaN for fewer than 2 pairs.
+    """
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples differ in length: {x.shape} vs {y.shape}")
+    if x.size < 2:
+        return float("nan")
+    return float(_ccc_rows(x[None, :], y[None, :])[0])
+
+
+def _ccc_rows(x: FloatArray, y: FloatArray) -> FloatArray:
+    """CCC of each row pair (vectorised; used by the bootstrap)."""
+    mx, my = x.mean(axis=1), y.mean(axis=1)
+    vx, vy = x.var(axis=1), y.var(axis=1)
+    cov = ((x - mx[:, None]) * (y - my[:, None])).mean(axis=1)
+    den = vx + vy + (mx - my) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den > 0, 2.0 * cov / np.where(den > 0, den, 1.0), np.nan)
+    identical = np.all(x == y, axis=1) & (den == 0)
+    return np.where(identical, 1.0, out)
+
+
+def ccc_bootstrap_ci(
+    a: npt.ArrayLike, b: npt.ArrayLike, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of Lin's CCC, resampling subjects (pairs) with replacement."""
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    if x.size < 2 or n_boot < 1:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    values = _ccc_rows(x[idx], y[idx])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+@contextmanager
+def _unrounded_pingouin() -> Iterator[None]:
+    """pingouin rounds CI95 to 2 decimals by default; report them unrounded."""
+    import pingouin as pg
+
+    old = pg.options.get("round.column.CI95")
+    pg.options["round.column.CI95"] = None
+    try:
+        yield
+    finally:
+        pg.options["round.column.CI95"] = old
+
+
+def icc(ratings: npt.ArrayLike) -> dict[str, float]:
+    """ICC(2,1) and ICC(3,1) with 95 % CIs for an ``n_subjects x n_raters`` matrix (pingouin).
+
+    Returns keys ``icc21, icc21_ci_low, icc21_ci_high, icc31, icc31_ci_low, icc31_ci_high``.
+    """
+    import pingouin as pg
+
+    r = np.asarray(ratings, dtype=float)
+    if r.ndim != 2 or r.shape[0] < MIN_SUBJECTS or r.shape[1] < 2:
+        raise ValueError(f"need >= {MIN_SUBJECTS} subjects x >= 2 raters, got shape {r.shape}")
+    n, k = r.shape
+    long = pd.DataFrame({"target": np.repeat(np.arange(n), k), "rater": np.tile(np.arange(k), n), "rating": r.ravel()})
+    with _unrounded_pingouin(), warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        table = pg.intraclass_corr(long, targets="target", raters="rater", ratings="rating")
+    table = table.set_index("Type")
+    out: dict[str, float] = {}
+    for key, label in (("icc21", "ICC(A,1)"), ("icc31", "ICC(C,1)")):
+        out[key] = float(table.at[label, "ICC"])
+        ci = np.asarray(table.at[label, "CI95"], dtype=float)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = float(ci[0]), float(ci[1])
+    return out
+
+
+def bland_altman(a: npt.ArrayLike, b: npt.ArrayLike) -> tuple[float, float, float]:
+    """Mean difference ``b - a`` and 95 % limits of agreement (mean ± 1.96 SD, SD with N - 1)."""
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    if d.size < 2:
+        return float("nan"), float("nan"), float("nan")
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    return mean, mean - 1.96 * sd, mean + 1.96 * sd
+
+
+def feature_group(image_type: str, feature_class: str) -> str:
+    """Class of a feature in the retention table: shape, first-order, texture, wavelet, LoG."""
+    if image_type.startswith("wavelet"):
+        return "wavelet"
+    if image_type.startswith("log-sigma"):
+        return "LoG"
+    if image_type != "original":
+        return image_type
+    if feature_class == "shape":
+        return "shape"
+    if feature_class == "firstorder":
+        return "first-order"
+    return "texture"
+
+
+def agreement(
+    a: npt.ArrayLike, b: npt.ArrayLike, *, cutoff: float = 0.80, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """All agreement statistics of one feature (paired values of two sources over subjects)."""
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    nan = float("nan")
+    row: dict[str, Any] = {
+        "n": int(x.size),
+        "mean_a": float(x.mean()) if x.size else nan,
+        "mean_b": float(y.mean()) if y.size else nan,
+    }
+    keys = (
+        "ccc",
+        "ccc_ci_low",
+        "ccc_ci_high",
+        "icc31",
+        "icc31_ci_low",
+        "icc31_ci_high",
+        "icc21",
+        "icc21_ci_low",
+        "icc21_ci_high",
+        "mean_diff",
+        "loa_low",
+        "loa_high",
+    )
+    row.update(dict.fromkeys(keys, nan))
+    if x.size < MIN_SUBJECTS:
+        return {**row, "status": "too_few_subjects", "reproducible": False}
+    row["mean_diff"], row["loa_low"], row["loa_high"] = bland_altman(x, y)
+    if np.all(x == x[0]) and np.all(y == y[0]):
+        value = lin_ccc(x, y)  # 1 when the two constants agree, 0 otherwise
+        row.update(ccc=value, ccc_ci_low=value, ccc_ci_high=value)
+        return {**row, "status": "constant", "reproducible": False}
+    row["ccc"] = lin_ccc(x, y)
+    row["ccc_ci_low"], row["ccc_ci_high"] = ccc_bootstrap_ci(x, y, n_boot=n_boot, seed=seed)
+    row.update(icc(np.column_stack([x, y])))
+    return {**row, "status": "ok", "reproducible": bool(row["ccc"] >= cutoff)}
+
+
+def paired_values(features: pd.DataFrame, source_a: str, source_b: str) -> pd.DataFrame:
+    """Wide table feature x subject pairs: columns ``feature, image_type, feature_class, ibsi_code,
+    subject, a, b`` for subjects with finite values in both sources (pyradiomics rows only)."""
+    rows = features[features["kind"] == "pyradiomics"]
+    keys = ["feature", "image_type", "feature_class", "ibsi_code", "subject"]
+    a = rows[rows["source"] == source_a][[*keys, "value"]].rename(columns={"value": "a"})
+    b = rows[rows["source"] == source_b][[*keys, "value"]].rename(columns={"value": "b"})
+    for name, part in ((source_a, a), (source_b, b)):
+        if part.empty:
+            raise DataError(
+                f"no feature rows for mask source {name!r} (sources present: {sorted(features['source'].unique())})"
+            )
+    pairs = a.merge(b, on=keys, how="outer", indicator=True)
+    lonely = sorted(pairs.loc[pairs["_merge"] != "both", "subject"].unique())
+    if lonely:
+        logger.warning("subjects without both mask sources, left out: %s", lonely)
+    pairs = pairs[(pairs["_merge"] == "both") & np.isfinite(pairs["a"]) & np.isfinite(pairs["b"])]
+    return pairs.drop(columns="_merge").sort_values(["feature", "subject"], kind="stable")
+
+
+def reproducibility_table(
+    features: pd.DataFrame,
+    *,
+    source_a: str = "human",
+    source_b: str = "auto",
+    cutoff: float = 0.80,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Agreement statistics of every feature between two mask sources (one row per feature)."""
+    pairs = paired_values(features, source_a, source_b)
+    records = []
+    for (feature, image_type, feature_class, code), group in pairs.groupby(
+        ["feature", "image_type", "feature_class", "ibsi_code"], sort=True, dropna=False
+    ):
+        stats = agreement(group["a"].to_numpy(), group["b"].to_numpy(), cutoff=cutoff, n_boot=n_boot, seed=seed)
+        records.append(
+            {
+                "feature": feature,
+                "image_type": image_type,
+                "feature_class": feature_class,
+                "class": feature_group(str(image_type), str(feature_class)),
+                "ibsi_code": "" if pd.isna(code) else code,
+                **stats,
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def retention_by_class(table: pd.DataFrame) -> pd.DataFrame:
+    """Percentage of reproducible features per class (constant / too-few rows excluded, counted)."""
+    order = [c for c in CLASSES if c in set(table["class"])] + sorted(set(table["class"]) - set(CLASSES))
+    records = []
+    for name, part in [*((c, table[table["class"] == c]) for c in order), ("all", table)]:
+        evaluable = part[part["status"] == "ok"]
+        n_ok = int(evaluable["reproducible"].sum())
+        records.append(
+            {
+                "class": name,
+                "n_features": len(part),
+                "n_evaluable": len(evaluable),
+                "n_constant": int((part["status"] == "constant").sum()),
+                "n_too_few_subjects": int((part["status"] == "too_few_subjects").sum()),
+                "n_reproducible": n_ok,
+                "percent_reproducible": (round(100.0 * n_ok / len(evaluable), 2) if len(evaluable) else float("nan")),
+                "median_ccc": float(evaluable["ccc"].median()) if len(evaluable) else float("nan"),
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def plot_ccc(table: pd.DataFrame, out: str | Path, *, cutoff: float, title: str) -> Path:
+    """CCC of every feature (sorted, coloured by class, 95 % CI) with the cutoff line; PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = table[table["status"] == "ok"].sort_values("ccc", kind="stable").reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    palette = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red")
+    colours = dict(zip(CLASSES, palette, strict=True))
+    groups = sorted(ok.groupby("class", sort=True), key=lambda g: -len(g[1]))  # small classes on top
+    for name, part in groups:
+        colour = colours.get(str(name), "tab:gray")
+        ax.vlines(part.index, part["ccc_ci_low"], part["ccc_ci_high"], color=colour, alpha=0.25, lw=0.8)
+        ax.scatter(part.index, part["ccc"], s=6, color=colour, label=f"{name} ({len(part)})")
+    ax.axhline(cutoff, color="black", ls="--", lw=1, label=f"cutoff {cutoff:.2f}")
+    ax.set_ylim(min(-0.05, float(ok["ccc"].min()) - 0.05) if len(ok) else -0.05, 1.05)
+    ax.set_xlabel("feature (sorted by CCC)")
+    ax.set_ylabel("Lin's CCC (95 % bootstrap CI)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return save_png(fig, out)
+
+
+def read_features(features_tsv: str | Path) -> pd.DataFrame:
+    """The long feature table of :func:`medpipe.radiomics.extract.collect` (IDs and IBSI codes kept as text)."""
+    return pd.read_csv(
+        features_tsv, sep="\t", keep_default_na=False, na_values=["NA"], dtype={"subject": str, "ibsi_code": str}
+    )
+
+
+def reproducibility_report(
+    features_tsv: str | Path,
+    out_table: str | Path,
+    out_retention: str | Path,
+    out_plot: str | Path,
+    *,
+    source_a: str = "human",
+    source_b: str = "auto",
+    cutoff: float = 0.80,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """Per-feature agreement between two mask sources, retention per class, and the CCC plot.
+
+    Parameters
+    ----------
+    features_tsv
+        Long feature table of :func:`medpipe.radiomics.extract.collect`.
+    out_table, out_retention, out_plot
+        Per-feature statistics TSV, per-class retention TSV, CCC figure (PNG).
+    source_a, source_b
+        Mask sources compared (reference first); differences are ``b - a``.
+    cutoff
+        A feature is reproducible when its CCC >= cutoff.
+    n_boot, seed
+        Bootstrap resamples of the CCC CI and their seed (deterministic).
+
+    Returns
+    -------
+    Path
+        ``out_table``.
+    """
+    features = read_features(features_tsv)
+    table = reproducibility_table(
+        features, source_a=source_a, source_b=source_b, cutoff=cutoff, n_boot=n_boot, seed=seed
+    )
+    retention = retention_by_class(table)
+    n_subjects = int(table["n"].max()) if len(table) else 0
+    logger.info(
+        "%d features, %d subjects: %s",
+        len(table),
+        n_subjects,
+        "; ".join(f"{r['class']} {r['percent_reproducible']}%" for _, r in retention.iterrows()),
+    )
+    write_tsv(retention, out_retention)
+    plot_ccc(
+        table,
+        out_plot,
+        cutoff=cutoff,
+        title=f"{source_b} vs {source_a} masks: {n_subjects} subjects, {len(table)} features",
+    )
+    return write_tsv(table, out_table)

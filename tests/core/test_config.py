@@ -1,0 +1,101 @@
+"""Tests of medpipe.core.config: schema validation of config.yaml and the subject sheet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medpipe.core.config import load_subject_sheet, nifti_inputs, validate_config
+from medpipe.core.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG_SCHEMA = REPO / "config/schemas/config.schema.yaml"
+SHEET_SCHEMA = REPO / "config/schemas/subjects.schema.yaml"
+
+
+def _config() -> dict:
+    return yaml.safe_load((REPO / "config/config.yaml").read_text())
+
+
+def test_shipped_configs_are_valid() -> None:
+    validate_config(_config(), CONFIG_SCHEMA)
+    validate_config(yaml.safe_load((REPO / "tests/workflow/config.yaml").read_text()), CONFIG_SCHEMA)
+
+
+def test_defaults_are_filled() -> None:
+    cfg = {"subjects": "s.tsv", "sequences": {"T1w": {"series_description": "T1"}}, "reference_sequence": "T1w"}
+    validate_config(cfg, CONFIG_SCHEMA)
+    assert cfg["seed"] == 42 and cfg["deterministic"] is True
+    assert cfg["postprocess"]["largest_component"] is True
+    assert cfg["sequences"]["T1w"]["exclude_image_type"] == ["LOCALIZER", "SCOUT"]
+
+
+def test_every_problem_is_named() -> None:
+    cfg = _config()
+    cfg["postprocess"]["largest_componnent"] = True
+    cfg["stats"]["ccc_cutoff"] = 1.5
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg, CONFIG_SCHEMA)
+    msg = str(err.value)
+    assert "postprocess: Additional properties are not allowed ('largest_componnent' was unexpected)" in msg
+    assert "stats.ccc_cutoff: 1.5 is greater than the maximum of 1" in msg
+
+
+def test_reference_sequence_must_be_configured() -> None:
+    cfg = _config()
+    cfg["reference_sequence"] = "FLAIR"
+    with pytest.raises(ConfigError, match="reference_sequence: 'FLAIR'"):
+        validate_config(cfg, CONFIG_SCHEMA)
+
+
+def test_subject_sheet(tmp_path: Path) -> None:
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "m1.nii.gz").write_bytes(b"")
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("subject\tdicom\tlabel\nA1\td1\tm1.nii.gz\nB2\td1\t\n")
+    df = load_subject_sheet(sheet, SHEET_SCHEMA, base_dir=tmp_path)
+    assert list(df.index) == ["A1", "B2"] and df.loc["B2", "label"] == ""
+
+
+def test_subject_sheet_errors_name_rows(tmp_path: Path) -> None:
+    (tmp_path / "d1").mkdir()
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("subject\tdicom\tlabel\nA1\td1\t\nbad id\td1\t\nC3\tmissing\t\nA1\td1\tnope.nii\n")
+    with pytest.raises(ConfigError) as err:
+        load_subject_sheet(sheet, SHEET_SCHEMA, base_dir=tmp_path)
+    msg = str(err.value)
+    assert "row 3 (bad id): subject" in msg
+    assert "row 4 (C3): dicom folder 'missing' does not exist" in msg
+    assert "row 5 (A1): label file 'nope.nii' does not exist" in msg
+    assert "duplicated subject IDs: ['A1']" in msg
+
+
+def test_missing_sheet_tells_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="demo-data"):
+        load_subject_sheet(tmp_path / "none.tsv", SHEET_SCHEMA)
+
+
+def test_nifti_reference_refuses_dicom_seg_export() -> None:
+    cfg = _config()
+    cfg["sequences"] = {"T1w": {"nifti": "MR_T1_image.nii.gz"}}
+    with pytest.raises(ConfigError, match=r"postprocess.dicom_seg.*sequences.T1w.nifti is 'MR_T1_image.nii.gz'"):
+        validate_config(cfg, CONFIG_SCHEMA)
+    cfg["postprocess"]["dicom_seg"] = False
+    validate_config(cfg, CONFIG_SCHEMA)
+    assert nifti_inputs(cfg) == ["MR_T1_image.nii.gz"]
+    cfg["sequences"]["T1w"]["nifti"] = "image.mha"
+    with pytest.raises(ConfigError, match=r"sequences.T1w.nifti: 'image.mha' does not match"):
+        validate_config(cfg, CONFIG_SCHEMA)
+
+
+def test_sheet_names_subjects_without_the_nifti_file(tmp_path: Path) -> None:
+    for name in ("A1", "B2"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "A1" / "MR_T1_image.nii.gz").write_bytes(b"")
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("subject\tdicom\nA1\tA1\nB2\tB2\n")
+    with pytest.raises(ConfigError, match=r"row 3 \(B2\): folder 'B2' has no 'MR_T1_image.nii.gz'") as err:
+        load_subject_sheet(sheet, SHEET_SCHEMA, base_dir=tmp_path, required_files=["MR_T1_image.nii.gz"])
+    assert "A1" not in str(err.value).split("invalid subject sheet:")[1]

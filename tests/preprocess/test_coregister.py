@@ -1,0 +1,195 @@
+"""Tests of medpipe.preprocess.coregister: accuracy on real MR (TRE), multimodal, determinism, template round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medpipe.core.errors import DataError, MedpipeError
+from medpipe.core.geometry import geometry_of, grid_differences
+from medpipe.core.io import nib_to_sitk, save_nifti, sitk_to_nib
+from medpipe.core.resample import resample_to_grid, target_grid
+from medpipe.preprocess.coregister import (
+    apply_transform_to_points,
+    coregister,
+    mask_to_native,
+    register_linear,
+    register_to_template,
+)
+
+STS = [f"STS_00{i}" for i in range(1, 6)]
+#: Tests register at 2 mm in-plane (the benchmark repeats this at full resolution).
+TEST_SPACING = (2.0, 2.0, 3.27)
+
+
+def random_rigid(
+    img: nib.Nifti1Image, rng: np.random.Generator, default: float = 0.0
+) -> tuple[nib.Nifti1Image, sitk.Euler3DTransform]:
+    """Resample ``img`` through a random rigid transform (±10° per axis, ±10 mm) about its centre.
+
+    The result satisfies ``moved(p) = img(T(p))`` for world (LPS) points ``p``.
+    """
+    s = nib_to_sitk(img, np.float32)
+    t = sitk.Euler3DTransform()
+    t.SetCenter(s.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in s.GetSize()]))
+    t.SetRotation(*np.deg2rad(rng.uniform(-10, 10, 3)).tolist())
+    t.SetTranslation(rng.uniform(-10, 10, 3).tolist())
+    return sitk_to_nib(sitk.Resample(s, s, t, sitk.sitkLinear, default)), t
+
+
+def target_registration_error(points_ras: np.ndarray, truth: sitk.Euler3DTransform, found: str) -> float:
+    """Mean distance (mm) between truth(found(p)) and p: 0 when the registration undid the perturbation."""
+    moved = apply_transform_to_points(points_ras, found) * np.array([-1.0, -1.0, 1.0])
+    back = np.array([truth.TransformPoint(tuple(float(v) for v in p)) for p in moved]) * np.array([-1.0, -1.0, 1.0])
+    return float(np.linalg.norm(back - points_ras, axis=1).mean())
+
+
+def downsample(img: nib.Nifti1Image, spacing: tuple[float, ...]) -> nib.Nifti1Image:
+    grid = target_grid(geometry_of(img), spacing)
+    return nib.Nifti1Image(resample_to_grid(img, grid, interpolation="linear").astype(np.float32), grid.affine)
+
+
+def _load_case(shared_dir: Path, case: str) -> tuple[nib.Nifti1Image, np.ndarray]:
+    base = shared_dir / "ibsi_sts" / "nifti" / case
+    img = nib.load(base / "MR_T1_image.nii.gz")
+    mask = nib.load(base / "MR_T1_mask.nii.gz")
+    points = nib.affines.apply_affine(mask.affine, np.argwhere(np.asarray(mask.dataobj) > 0))
+    return img, points
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("case", STS)
+def test_rigid_tre_below_1mm(shared_dir: Path, tmp_path: Path, case: str) -> None:
+    img, points = _load_case(shared_dir, case)
+    moved, truth = random_rigid(img, np.random.default_rng(int(case[-3:])))
+    _, mat = register_linear(
+        downsample(img, TEST_SPACING),
+        downsample(moved, TEST_SPACING),
+        {"transform": "Rigid"},
+        seed=3,
+        workdir=tmp_path,
+    )
+    tre = target_registration_error(points, truth, mat)
+    print(f"{case}: TRE {tre:.3f} mm over {len(points)} tumour voxels")
+    assert tre < 1.0
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("case", ["STS_001", "STS_004"])
+def test_multimodal_mutual_information_tre(shared_dir: Path, tmp_path: Path, case: str) -> None:
+    """Moving image with another, non-monotonic contrast (inverted real T1): MI recovers the transform."""
+    img, points = _load_case(shared_dir, case)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    hi = float(np.percentile(data, 99))
+    remapped = nib.Nifti1Image((np.sqrt(np.clip(hi - data, 0, None)) * 10).astype(np.float32), img.affine)
+    moved, truth = random_rigid(remapped, np.random.default_rng(100 + int(case[-3:])))
+    _, mat = register_linear(
+        downsample(img, TEST_SPACING),
+        downsample(moved, TEST_SPACING),
+        {"transform": "Rigid", "metric": "mattes"},
+        seed=3,
+        workdir=tmp_path,
+    )
+    tre = target_registration_error(points, truth, mat)
+    print(f"{case}: multimodal TRE {tre:.3f} mm")
+    assert tre < 1.0
+
+
+def _phantom(shape: tuple[int, int, int] = (40, 36, 30), shift: tuple[float, ...] = (0, 0, 0)) -> np.ndarray:
+    idx = np.indices(shape).astype(np.float64)
+    c = [(n - 1) / 2 + s for n, s in zip(shape, shift, strict=True)]
+    r2 = ((idx[0] - c[0]) / 14) ** 2 + ((idx[1] - c[1]) / 11) ** 2 + ((idx[2] - c[2]) / 9) ** 2
+    inner = ((idx[0] - c[0] - 4) / 5) ** 2 + ((idx[1] - c[1]) / 4) ** 2 + ((idx[2] - c[2] + 2) / 3) ** 2
+    return (100.0 * (r2 < 1) + 80.0 * (inner < 1) + 20.0 * (idx[0] - c[0]) / shape[0] * (r2 < 1)).astype(np.float32)
+
+
+def test_coregister_outputs_and_determinism(tmp_path: Path) -> None:
+    affine = np.diag([-2.0, -2.0, 2.5, 1.0])
+    save_nifti(_phantom(), affine, tmp_path / "fixed.nii.gz")
+    save_nifti(_phantom(shift=(2.5, -1.5, 1.0)), affine, tmp_path / "moving.nii.gz")
+    outs = []
+    for run in ("a", "b"):
+        d = tmp_path / run
+        coregister(
+            tmp_path / "moving.nii.gz",
+            tmp_path / "fixed.nii.gz",
+            d / "out.nii.gz",
+            d / "out_xfm.mat",
+            d / "out_qc.png",
+            subject="S1",
+            settings={"transform": "Rigid"},
+            seed=11,
+        )
+        outs.append(d)
+    for name in ("out.nii.gz", "out_xfm.mat", "out.json", "out_qc.png"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+    out = nib.load(outs[0] / "out.nii.gz")
+    assert grid_differences(geometry_of(out), geometry_of(nib.load(tmp_path / "fixed.nii.gz")), 1e-6) == []
+    fixed = _phantom()
+    moved = out.get_fdata()
+    before = np.corrcoef(fixed.ravel(), _phantom(shift=(2.5, -1.5, 1.0)).ravel())[0, 1]
+    after = np.corrcoef(fixed.ravel(), moved.ravel())[0, 1]
+    assert after > 0.97 > before
+    side = json.loads((outs[0] / "out.json").read_text())
+    assert side["stage"] == "coregister" and side["parameters"]["seed"] == 11
+    assert side["transform_file"] == "out_xfm.mat"
+
+
+def test_coregister_refuses_nan_and_bad_settings(tmp_path: Path) -> None:
+    bad = _phantom()
+    bad[3, 3, 3] = np.nan
+    save_nifti(bad, np.eye(4), tmp_path / "bad.nii.gz")
+    save_nifti(_phantom(), np.eye(4), tmp_path / "ok.nii.gz")
+    with pytest.raises(DataError, match=r"subject S2.*bad.nii.gz.*NaN"):
+        coregister(
+            tmp_path / "bad.nii.gz",
+            tmp_path / "ok.nii.gz",
+            tmp_path / "o.nii.gz",
+            tmp_path / "o.mat",
+            tmp_path / "o.png",
+            subject="S2",
+            settings={},
+            seed=1,
+        )
+    with pytest.raises(MedpipeError, match="Similarity"):
+        coregister(
+            tmp_path / "ok.nii.gz",
+            tmp_path / "ok.nii.gz",
+            tmp_path / "o.nii.gz",
+            tmp_path / "o.mat",
+            tmp_path / "o.png",
+            subject="S2",
+            settings={"transform": "Similarity"},
+            seed=1,
+        )
+
+
+def test_template_registration_and_mask_back_to_native(tmp_path: Path) -> None:
+    """Affine + SyN to a template; the template mask taken back by the inverse matches the native mask."""
+    tpl = _phantom()
+    native = _phantom(shift=(3.0, -2.0, 1.5))
+    save_nifti(tpl, np.diag([2.0, 2.0, 2.0, 1.0]), tmp_path / "tpl.nii.gz")
+    save_nifti((tpl > 50).astype(np.uint8), np.diag([2.0, 2.0, 2.0, 1.0]), tmp_path / "tpl_mask.nii.gz")
+    save_nifti(native, np.diag([2.0, 2.0, 2.0, 1.0]), tmp_path / "native.nii.gz")
+    tx = register_to_template(
+        tmp_path / "native.nii.gz",
+        tmp_path / "tpl.nii.gz",
+        tmp_path / "sub",
+        subject="S3",
+        seed=5,
+        syn_iterations=(20, 10, 0),
+    )
+    for f in (tx.affine, tx.warp, tx.inverse_warp):
+        assert f.exists()
+    out = mask_to_native(
+        tmp_path / "tpl_mask.nii.gz", tmp_path / "native.nii.gz", tx, tmp_path / "back.nii.gz", subject="S3"
+    )
+    back = np.asarray(nib.load(out).dataobj) > 0
+    truth = native > 50
+    dice = 2 * (back & truth).sum() / (back.sum() + truth.sum())
+    assert dice >= 0.95, dice

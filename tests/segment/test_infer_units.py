@@ -1,0 +1,51 @@
+"""Inference helpers: mirror sets, cascade region of interest, uncertainty score and flag."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from medpipe.segment import cascade
+from medpipe.segment.infer import mirror_axes, uncertainty_summary
+
+INFER = {"uncertainty_threshold": 0.35, "min_agreement": 0.8}
+
+
+def test_mirror_axes() -> None:
+    assert mirror_axes("unet3d", True) == [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    assert mirror_axes("unet2d", True) == [(), (0,), (1,), (0, 1)]
+    assert mirror_axes("cascade", False) == [()]
+
+
+def test_cascade_roi_and_paste() -> None:
+    probs = torch.zeros(1, 2, 20, 20, 20)
+    probs[:, 0] = 1.0
+    probs[:, :, 5:8, 10:12, 0:3] = torch.tensor([0.1, 0.9]).view(1, 2, 1, 1, 1)
+    roi = cascade.roi_from_probabilities(probs, margin=2)
+    assert roi == (slice(3, 10), slice(8, 14), slice(0, 5))
+    pasted = cascade.paste((20, 20, 20), 2, roi, torch.full((1, 2, 7, 6, 5), 0.5))
+    assert pasted[0, 1, 4, 9, 1] == 0.5 and pasted[0, 0, 0, 0, 19] == 1.0 and pasted[0, 1, 0, 0, 19] == 0.0
+    background = torch.zeros(1, 2, 4, 4, 4)
+    background[:, 0] = 1
+    assert cascade.roi_from_probabilities(background, 2) is None
+    small, lab = cascade.downsample(torch.ones(1, 1, 21, 20, 9), torch.ones(1, 1, 21, 20, 9), 2, [4, 4, 4])
+    assert small.shape == (1, 1, 12, 12, 8) and lab is not None and lab.shape == small.shape
+
+
+def test_uncertainty_certain_and_uncertain_cases() -> None:
+    fg = np.zeros((6, 6, 6), bool)
+    fg[2:4, 2:4, 2:4] = True
+    certain = np.stack([~fg, fg]).astype(np.float32)
+    entropy, summary = uncertainty_summary(certain, [fg, fg], INFER, (2.0, 2.0, 2.0))
+    assert entropy.max() < 1e-5 and not summary["flag_for_review"]
+    assert summary["predicted_volume_mm3"] == 64.0 and summary["member_agreement_dice"] == 1.0
+    vague = np.full((2, 6, 6, 6), 0.5, np.float32)
+    vague[1][fg] = 0.55
+    vague[0][fg] = 0.45
+    _, summary = uncertainty_summary(vague, [fg, np.zeros_like(fg)], INFER, (1.0, 1.0, 1.0))
+    assert summary["flag_for_review"] and summary["uncertainty_score"] > 0.9
+    assert summary["member_agreement_dice"] == 0.5 and len(summary["reasons"]) == 2
+    _, summary = uncertainty_summary(
+        certain[::-1] * 0 + np.stack([np.ones_like(fg), ~np.ones_like(fg)]), [], INFER, (1.0, 1.0, 1.0)
+    )
+    assert summary["reasons"] == ["no foreground predicted"]
