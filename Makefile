@@ -47,7 +47,8 @@ test: venv
 	source $(BIN)/activate && pytest tests
 
 lint: venv
-	source $(BIN)/activate && ruff check src scripts tests benchmarks && mypy && snakemake --lint
+	source $(BIN)/activate && ruff check src scripts tests benchmarks && ruff format --check src scripts tests benchmarks \
+	  && snakefmt --check Snakefile rules && mypy && lint-imports && snakemake --lint
 
 lock:
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv && .lockvenv/bin/pip install -q -r requirements.in

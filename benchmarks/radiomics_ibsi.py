@@ -22,7 +22,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from radiomics.featureextractor import RadiomicsFeatureExtractor  # noqa: E402
 
-from medpipe.radiomics.extract import compute_features, load_params, read_image  # noqa: E402
+from medpipe.core.io import read_sitk  # noqa: E402
+from medpipe.radiomics.extract import compute_features, load_params  # noqa: E402
 from medpipe.radiomics.ibsi import compare_to_reference, load_reference, uncorrected_values  # noqa: E402
 
 CASES = [("digital_phantom", "ibsi_1_digital_phantom", "ibsi_digital_phantom.yaml")] + [
@@ -58,8 +59,8 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for data_set, folder, params_file in CASES:
-        image = read_image(data / folder / "nifti" / "image" / "phantom.nii.gz")
-        mask = read_image(data / folder / "nifti" / "mask" / "mask.nii.gz")
+        image = read_sitk(data / folder / "nifti" / "image" / "phantom.nii.gz")
+        mask = read_sitk(data / folder / "nifti" / "mask" / "mask.nii.gz")
         params, ibsi = load_params(REPO / "config" / "radiomics" / params_file)
         force2d = bool(params["setting"].get("force2D", False))
         start = time.perf_counter()

@@ -32,9 +32,10 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from medpipe.core.config import with_defaults
 from medpipe.core.io import load_nifti, nib_to_sitk, save_nifti, sitk_to_nib
+from medpipe.core.records import read_uncertainty
 from medpipe.evaluate.metrics import dice_score
-from medpipe.postprocess.clean import DEFAULTS as POSTPROCESS_DEFAULTS
 from medpipe.postprocess.clean import clean_binary
 from medpipe.segment.infer import predict_case
 from medpipe.segment.split import read_folds
@@ -187,8 +188,9 @@ def run_fold(fold: int, args: argparse.Namespace, split: dict[str, Any], setting
         native = nib.load(data / p / "MR_T1_image.nii.gz")
         truth = np.asarray(nib.load(data / p / "MR_T1_mask.nii.gz").dataobj) > 0
         pred = to_native(out / "prob.nii.gz", native)
-        cleaned = clean_binary(pred, native.header.get_zooms()[:3], POSTPROCESS_DEFAULTS, largest_component=True)
-        unc = json.loads((out / "unc.json").read_text())
+        settings = with_defaults({}, "postprocess")
+        cleaned = clean_binary(pred, native.header.get_zooms()[:3], settings, largest_component=True)
+        unc = read_uncertainty(out / "unc.json")
         rows.append(
             {
                 "fold": fold,
@@ -198,8 +200,8 @@ def run_fold(fold: int, args: argparse.Namespace, split: dict[str, Any], setting
                 "baseline": dice_score(ellipsoid_mask(native, semi), truth),
                 "infer_s": infer_s,
                 "train_s": train_s,
-                "uncertainty": unc["uncertainty_score"],
-                "flagged": unc["flag_for_review"],
+                "uncertainty": unc.score,
+                "flagged": unc.flag,
             }
         )
         logger.info(

@@ -29,7 +29,7 @@ rule review_list:
         mem_mb=500,
         runtime=5,
     params:
-        signoff=config.get("review", {}).get("signoff"),
+        signoff=config["review"]["signoff"],
     script:
         "../scripts/review_list.py"
 

@@ -1,11 +1,13 @@
 # Validation of config and subject sheet, wildcard constraints and every input function.
 from pathlib import Path
 
-from medpipe.core.config import load_subject_sheet, nifti_inputs, validate_config
-from medpipe.core.determinism import export_job_environment
 from medpipe.audit.failures import write_failures
-from medpipe.core.resources import estimate_mem_mb
 from medpipe.audit.review import excluded_subjects
+from medpipe.core.config import allowed_values, load_subject_sheet, nifti_inputs, validate_config
+from medpipe.core.determinism import export_job_environment
+from medpipe.core.records import uncertainty_path
+from medpipe.core.resources import estimate_mem_mb
+from medpipe.radiomics.perturb import MASK_PERTURBATIONS
 from medpipe.segment.split import assign_folds
 
 SCHEMAS = Path(workflow.basedir) / "config" / "schemas"
@@ -48,8 +50,8 @@ wildcard_constraints:
     subject="[A-Za-z0-9]+",  # the sheet schema enforces it; an alternation of 1,000 IDs slows the DAG
     sequence=_alternatives(SEQUENCES),
     moving=_alternatives(MOVING),
-    source="human|auto|erode|dilate|shift|noise",
-    perturbation="erode|dilate|shift",
+    source=_alternatives([*allowed_values("radiomics", "sources"), *allowed_values("radiomics", "perturbations")]),
+    perturbation=_alternatives(MASK_PERTURBATIONS),
     fold=r"\d+",
 
 
@@ -200,17 +202,13 @@ def get_all_feature_tables(wildcards):
     ]
 
 
-def get_signoff_file(wildcards):
-    return [config["review"]["signoff"]] if config["review"]["signoff"] else []
-
-
 def get_uncertainty_files(wildcards):
-    return [f"results/predict/sub-{s}/sub-{s}_uncertainty.json" for s in SUBJECTS]
+    return [str(uncertainty_path("results", s)) for s in SUBJECTS]
 
 
 def get_signoff(wildcards):
     """The reviewer sign-off file (config review.signoff) as an input, so editing it re-makes the review page."""
-    signoff = config.get("review", {}).get("signoff")
+    signoff = config["review"]["signoff"]
     return [signoff] if signoff else []
 
 
@@ -225,9 +223,9 @@ def get_final_outputs(wildcards=None):
     outs += ["results/radiomics/features.tsv", "results/audit/flagged_cases.tsv"]
     if LABELLED:
         outs += ["results/evaluate/summary.tsv"]
-    if "human" in SOURCES and "auto" in SOURCES and len(LABELLED) >= 3:
+    if "human" in SOURCES and "auto" in SOURCES and len(LABELLED) >= config["stats"]["min_subjects"]:
         outs += ["results/stats/reproducibility.tsv"]
-    if PERTURBATIONS and len(LABELLED) >= 3:
+    if PERTURBATIONS and len(LABELLED) >= config["stats"]["min_subjects"]:
         outs += ["results/stats/robustness.tsv"]
     return outs
 

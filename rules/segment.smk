@@ -17,7 +17,7 @@ rule split:
         subjects=LABELLED,
         k=config["segmentation"]["folds"],
         seed=config["seed"],
-        val_fraction=config["segmentation"].get("val_fraction", 0.0),
+        val_fraction=config["segmentation"]["val_fraction"],
     script:
         "../scripts/split.py"
 

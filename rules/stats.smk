@@ -40,6 +40,7 @@ rule reproducibility:
         cutoff=config["stats"]["ccc_cutoff"],
         n_boot=config["stats"]["bootstrap"],
         seed=config["seed"],
+        min_subjects=config["stats"]["min_subjects"],
     script:
         "../scripts/reproducibility.py"
 
@@ -81,5 +82,6 @@ rule robustness:
         cutoff=config["stats"]["ccc_cutoff"],
         n_boot=config["stats"]["bootstrap"],
         seed=config["seed"],
+        min_subjects=config["stats"]["min_subjects"],
     script:
         "../scripts/robustness.py"

@@ -14,4 +14,5 @@ with script_logging(snakemake.log[0]):
         cutoff=snakemake.params.cutoff,
         n_boot=snakemake.params.n_boot,
         seed=snakemake.params.seed,
+        min_subjects=snakemake.params.min_subjects,
     )

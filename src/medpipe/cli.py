@@ -80,7 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--log-file", type=Path, default=None, help="write the log here instead of stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo_data(sub)
+    _add_sheet(sub)
+    _add_audit(sub)
+    return parser
 
+
+_SubParsers = argparse._SubParsersAction  # the type of ``ArgumentParser.add_subparsers()``
+
+
+def _add_demo_data(sub: _SubParsers[argparse.ArgumentParser]) -> None:
+    """Add the ``demo-data`` sub-command.
+
+    Parameters
+    ----------
+    sub
+        Sub-parsers of the ``medpipe`` parser.
+    """
     demo = sub.add_parser(
         "demo-data",
         help="generate the embedded demo cohort (DICOM + ground truth)",
@@ -106,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help="regenerate even when the cohort is up to date")
     demo.set_defaults(func=_cmd_demo_data)
 
+
+def _add_sheet(sub: _SubParsers[argparse.ArgumentParser]) -> None:
+    """Add the ``sheet`` sub-command.
+
+    Parameters
+    ----------
+    sub
+        Sub-parsers of the ``medpipe`` parser.
+    """
     sheet = sub.add_parser(
         "sheet",
         help="write a subject sheet for a folder of subject folders",
@@ -123,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sheet.set_defaults(func=_cmd_sheet)
 
+
+def _add_audit(sub: _SubParsers[argparse.ArgumentParser]) -> None:
+    """Add the ``audit verify`` and ``audit diff`` sub-commands.
+
+    Parameters
+    ----------
+    sub
+        Sub-parsers of the ``medpipe`` parser.
+    """
     audit = sub.add_parser("audit", help="verify or compare pipeline runs")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = audit_sub.add_parser("verify", help="re-hash RESULTS_DIR against its run manifest")
@@ -136,7 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("run_b", type=Path, metavar="RUN_B")
     diff.add_argument("--out", type=Path, default=None, help="write the comparison report here")
     diff.set_defaults(func=_cmd_audit_diff)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

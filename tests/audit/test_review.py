@@ -6,17 +6,21 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from medpipe.audit.review import (
     excluded_subjects,
+    flagged_cases,
     read_signoff,
     rerun_targets,
     summarise_signoff,
     write_flagged_cases,
 )
 from medpipe.core.errors import ConfigError, DataError
+from medpipe.core.records import uncertainty_path, write_uncertainty
+from medpipe.segment.infer import uncertainty_summary
 
 
 def _records(root: Path) -> list[Path]:
@@ -132,3 +136,32 @@ def test_unreadable_record_is_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot read review record") as info:
         write_flagged_cases([bad], tmp_path / "f.tsv")
     assert "sub-01_uncertainty.json" in str(info.value)
+
+
+def test_uncertainty_record_written_by_predict_is_listed_with_its_reasons(tmp_path: Path) -> None:
+    """The record predict writes (segment.infer.uncertainty_summary + the shared writer) is what review reads."""
+    fg = np.zeros((6, 6, 6), bool)
+    fg[2:4, 2:4, 2:4] = True
+    vague = np.full((2, 6, 6, 6), 0.5, np.float32)
+    vague[1][fg], vague[0][fg] = 0.55, 0.45  # barely foreground: high entropy, members disagree
+    certain = np.stack([~fg, fg]).astype(np.float32)
+    infer = {"uncertainty_threshold": 0.35, "min_agreement": 0.8}
+    paths = []
+    for subject, probs, members in (("05", vague, [fg, np.zeros_like(fg)]), ("06", certain, [fg, fg])):
+        _, record = uncertainty_summary(probs, members, infer, (1.0, 1.0, 1.0), subject=subject)
+        paths.append(write_uncertainty(record, uncertainty_path(tmp_path / "results", subject)))
+    cases = flagged_cases(paths)
+    assert [(c.subject, c.stage) for c in cases] == [("05", "predict")]
+    assert (
+        cases[0].reason.startswith("mean uncertainty 0.9")
+        and "ensemble agreement (Dice) 0.500 < 0.8" in cases[0].reason
+    )
+    assert cases[0].threshold == 0.35 and cases[0].score is not None and cases[0].score > 0.9
+    write_flagged_cases(paths, tmp_path / "flagged.tsv")
+    table = pd.read_csv(tmp_path / "flagged.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert table["subject"].tolist() == ["05"] and table["stage"].tolist() == ["predict"]
+    assert table["reason"].tolist() == [cases[0].reason] and float(table["threshold"][0]) == 0.35
+    # rerun_targets finds the record where predict writes it
+    signoff = tmp_path / "signoff.tsv"
+    signoff.write_text("subject\tstage\tdecision\n05\tpredict\tredo\n")
+    assert rerun_targets(signoff, tmp_path / "results") == [paths[0]]

@@ -247,3 +247,15 @@ def test_settings_are_validated(tmp_path: Path) -> None:
     (foreign / "dicom").mkdir(parents=True)
     with pytest.raises(DataError, match="not made by medpipe"):
         generate_demo_cohort(foreign, DemoSettings(n_subjects=1, spacing_mm=(6.0, 6.0, 6.0)))
+
+
+def test_demo_defaults_come_from_the_schema() -> None:
+    from medpipe.core.config import with_defaults
+
+    schema = with_defaults({}, "demo")
+    default = DemoSettings()
+    assert (default.n_subjects, default.seed, list(default.spacing_mm)) == (
+        schema["n_subjects"],
+        schema["seed"],
+        schema["spacing_mm"],
+    )

@@ -206,3 +206,22 @@ def test_postprocess_is_byte_identical_and_handles_empty_prediction(tmp_path, mo
     empty = save_nifti(np.zeros(grid.shape, np.uint8), grid.affine, tmp_path / "empty.nii.gz")
     e = postprocess_to_native(empty, ref, tmp_path / "e.nii.gz", tmp_path / "e.png", subject="x", settings={})
     assert np.asarray(nib.load(e).dataobj).sum() == 0 and nib.load(e).shape == (40, 12, 36)
+
+
+def test_settings_come_from_the_schema():
+    import typing
+
+    from medpipe.core.config import allowed_values, with_defaults
+    from medpipe.postprocess import clean
+
+    assert class_settings({}, 1) == with_defaults({}, "postprocess")
+    assert list(typing.get_args(clean._Connectivity)) == allowed_values("postprocess", "connectivity")
+    assert clean._class_keys() == {
+        "largest_component",
+        "min_size_mm3",
+        "fill_holes",
+        "connectivity",
+        "opening_mm",
+        "closing_mm",
+        "interpolation",
+    }

@@ -14,13 +14,8 @@ from medpipe.core.errors import DataError, MedpipeError
 from medpipe.core.geometry import geometry_of, grid_differences
 from medpipe.core.io import nib_to_sitk, save_nifti, sitk_to_nib
 from medpipe.core.resample import resample_to_grid, target_grid
-from medpipe.preprocess.coregister import (
-    apply_transform_to_points,
-    coregister,
-    mask_to_native,
-    register_linear,
-    register_to_template,
-)
+from medpipe.preprocess.coregister import apply_transform_to_points, coregister, register_linear
+from medpipe.preprocess.template import mask_to_native, register_to_template
 
 STS = [f"STS_00{i}" for i in range(1, 6)]
 #: Tests register at 2 mm in-plane (the benchmark repeats this at full resolution).

@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from medpipe.core.errors import ConfigError, DataError
-from medpipe.radiomics.extract import compute_features, load_params, read_image
+from medpipe.core.io import read_sitk
+from medpipe.radiomics.extract import compute_features, load_params
 from medpipe.radiomics.ibsi import (
     DERIVED_CODES,
     IBSI_MAP,
@@ -138,8 +139,8 @@ def _phantom(shared_dir: Path, name: str) -> tuple[sitk.Image, sitk.Image, Path]
     root = shared_dir / "ibsi_phantoms"
     folder = root / name / "nifti"
     return (
-        read_image(folder / "image" / "phantom.nii.gz"),
-        read_image(folder / "mask" / "mask.nii.gz"),
+        read_sitk(folder / "image" / "phantom.nii.gz"),
+        read_sitk(folder / "mask" / "mask.nii.gz"),
         root / "ibsi1_reference_values.csv",
     )
 

@@ -114,3 +114,10 @@ def test_noise_is_seeded_scaled_to_the_mask_and_keeps_the_grid(tmp_path: Path) -
     moved = save_nifti(ball, shifted, tmp_path / "moved.nii.gz", dtype=np.uint8)
     with pytest.raises(GeometryError, match="S01"):
         perturb_image(img, moved, tmp_path / "x.nii.gz", subject="S01", fraction=0.1, seed=42)
+
+
+def test_implemented_perturbations_are_the_schema_enum() -> None:
+    from medpipe.core.config import allowed_values
+    from medpipe.radiomics.perturb import IMAGE_PERTURBATIONS, MASK_PERTURBATIONS
+
+    assert [*MASK_PERTURBATIONS, *IMAGE_PERTURBATIONS] == allowed_values("radiomics", "perturbations")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medpipe.core.records import UncertaintyRecord
 from medpipe.segment import cascade
-from medpipe.segment.infer import mirror_axes, uncertainty_summary
+from medpipe.segment.infer import uncertainty_summary
+from medpipe.segment.sliding import mirror_axes
 
 INFER = {"uncertainty_threshold": 0.35, "min_agreement": 0.8}
 
@@ -36,16 +38,18 @@ def test_uncertainty_certain_and_uncertain_cases() -> None:
     fg = np.zeros((6, 6, 6), bool)
     fg[2:4, 2:4, 2:4] = True
     certain = np.stack([~fg, fg]).astype(np.float32)
-    entropy, summary = uncertainty_summary(certain, [fg, fg], INFER, (2.0, 2.0, 2.0))
-    assert entropy.max() < 1e-5 and not summary["flag_for_review"]
-    assert summary["predicted_volume_mm3"] == 64.0 and summary["member_agreement_dice"] == 1.0
+    entropy, record = uncertainty_summary(certain, [fg, fg], INFER, (2.0, 2.0, 2.0), subject="01")
+    assert isinstance(record, UncertaintyRecord) and record.subject == "01"
+    assert entropy.max() < 1e-5 and not record.flag and record.reasons == ()
+    assert record.predicted_volume_mm3 == 64.0 and record.agreement == 1.0
+    assert record.threshold == 0.35 and record.min_agreement == 0.8 and record.n_members == 2
     vague = np.full((2, 6, 6, 6), 0.5, np.float32)
     vague[1][fg] = 0.55
     vague[0][fg] = 0.45
-    _, summary = uncertainty_summary(vague, [fg, np.zeros_like(fg)], INFER, (1.0, 1.0, 1.0))
-    assert summary["flag_for_review"] and summary["uncertainty_score"] > 0.9
-    assert summary["member_agreement_dice"] == 0.5 and len(summary["reasons"]) == 2
-    _, summary = uncertainty_summary(
-        certain[::-1] * 0 + np.stack([np.ones_like(fg), ~np.ones_like(fg)]), [], INFER, (1.0, 1.0, 1.0)
+    _, record = uncertainty_summary(vague, [fg, np.zeros_like(fg)], INFER, (1.0, 1.0, 1.0), subject="01")
+    assert record.flag and record.score > 0.9
+    assert record.agreement == 0.5 and len(record.reasons) == 2
+    _, record = uncertainty_summary(
+        certain[::-1] * 0 + np.stack([np.ones_like(fg), ~np.ones_like(fg)]), [], INFER, (1.0, 1.0, 1.0), subject="01"
     )
-    assert summary["reasons"] == ["no foreground predicted"]
+    assert record.reasons == ("no foreground predicted",) and record.flag

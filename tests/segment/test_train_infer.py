@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from medpipe.core.errors import DataError
-from medpipe.segment.infer import load_model, predict_case
+from medpipe.segment.infer import predict_case
+from medpipe.segment.model import load_model
 from medpipe.segment.train import train_fold
 
 from .conftest import AFFINE, make_case
@@ -78,7 +79,8 @@ def test_one_epoch_then_predict_in_input_geometry(
     np.testing.assert_allclose(prob.get_fdata().sum(axis=-1), 1.0, atol=1e-4)
     np.testing.assert_array_equal(np.asarray(pred.dataobj), prob.get_fdata().argmax(axis=-1))
     assert summary["n_members"] == (4 if arch == "unet2d" else 8)  # mirror TTA
-    assert 0.0 <= summary["uncertainty_score"] <= 1.0 and isinstance(summary["flag_for_review"], bool)
+    assert 0.0 <= summary["score"] <= 1.0 and isinstance(summary["flag"], bool)
+    assert summary["subject"] == "T1" and summary["threshold"] == 0.35 and isinstance(summary["reasons"], list)
 
 
 def test_resume_after_crash_gives_identical_weights(

@@ -188,3 +188,19 @@ def test_missing_source_and_unpaired_subjects(tmp_path: Path) -> None:
     reproducibility_report(path, tmp_path / "a.tsv", tmp_path / "b.tsv", tmp_path / "c.png", n_boot=10)
     table = pd.read_csv(tmp_path / "a.tsv", sep="\t")
     assert (table["n"] == 2).all() and (table["status"] == "too_few_subjects").all()
+
+
+def test_settings_default_to_the_schema_and_min_subjects_is_threaded():
+    from medpipe.core.config import with_defaults
+    from medpipe.stats.agreement import stats_setting
+
+    schema = with_defaults({}, "stats")
+    assert stats_setting("cutoff", None) == schema["ccc_cutoff"]
+    assert stats_setting("n_boot", None) == schema["bootstrap"]
+    assert stats_setting("min_subjects", None) == schema["min_subjects"] == 3
+    assert stats_setting("min_subjects", 5) == 5
+    x = np.arange(4.0)
+    assert agreement(x, x + 0.1, n_boot=50)["status"] == "ok"
+    assert agreement(x, x + 0.1, n_boot=50, min_subjects=5)["status"] == "too_few_subjects"
+    with pytest.raises(ValueError, match=">= 5 subjects"):
+        icc(np.column_stack([x, x]), min_subjects=5)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -180,3 +182,26 @@ def test_second_run_from_scratch_is_bit_identical_and_verify_catches_a_byte(
     verify = run([medpipe, "audit", "verify", str(wd / "results")], check=False)
     assert verify.returncode != 0
     assert "evaluate/metrics.tsv" in verify.stdout + verify.stderr
+
+
+def test_flagged_uncertainty_records_are_in_the_review_list(tiny_run: Path) -> None:
+    """Stage contract predict -> audit: every uncertainty record with flag true is listed for review."""
+    from medpipe.core.records import read_uncertainty
+
+    records = [read_uncertainty(p) for p in sorted((tiny_run / "results/predict").glob("sub-*/sub-*_uncertainty.json"))]
+    assert len(records) == len(_subjects(tiny_run))
+    table = pd.read_csv(tiny_run / "results/audit/flagged_cases.tsv", sep="\t", dtype=str, keep_default_na=False)
+    listed = table[table["stage"] == "predict"].set_index("subject")["reason"].to_dict()
+    for record in records:
+        if record.flag:
+            assert record.subject in listed, f"sub-{record.subject} is flagged by predict but not in the review list"
+            assert listed[record.subject] == record.reason
+    assert set(listed) == {r.subject for r in records if r.flag}
+    # ... and the report embeds that list (base64 data URIs) under "Cases flagged for review"
+    html = (tiny_run / "results/report.html").read_text(errors="replace")
+    embedded = b"\n".join(
+        base64.b64decode(b) for b in re.findall(r"data:[^\"' ]*?;base64,([A-Za-z0-9+/=]+)", html)
+    ).decode(errors="replace")
+    assert "flagged_cases.html" in html
+    for subject in listed:
+        assert f"sub-{subject}" in embedded or subject in embedded, f"{subject} flagged but not in the report"

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from medpipe.audit.review import SIGNOFF_COLUMNS
-from medpipe.core.io import atomic_path
+from medpipe.core.io import write_tsv
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,7 @@ def write_failures(
     for j in jobs:
         if not j.subject:
             logger.warning("cohort job %s failed (%s): %s", j.rule, j.log, j.reason)
-    with atomic_path(out_tsv) as tmp:
-        pd.DataFrame(rows, columns=list(FAILURE_COLUMNS)).to_csv(tmp, sep="\t", index=False)
+    write_tsv(pd.DataFrame(rows, columns=list(FAILURE_COLUMNS)), out_tsv, na_rep="")
     subjects = sorted({j.subject for j in jobs if j.subject})
     logger.warning(
         "%d failed job(s) of %d subject(s) %s -> %s (set review.signoff to it to exclude them)",

@@ -3,8 +3,7 @@
 The manifest (``results/audit/manifest.json``) is written by the last rule of the workflow. It holds
 
 * ``files``: the sha256 and size of every file under ``results/`` (except :data:`EXCLUDED`),
-* ``software``: medpipe version, git commit and dirty flag, and the version of every installed
-  Python distribution,
+* ``software``: medpipe version, git commit and dirty flag, and the version of every installed Python distribution,
 * ``run``: config and subject-sheet hashes, subject IDs (from the sheet), every seed of the config,
   the deterministic switches (config and environment),
 * ``inputs``: per subject and sheet column, a content digest of the input file or folder (no path:

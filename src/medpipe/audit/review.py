@@ -1,10 +1,12 @@
 """Human review: the list of cases flagged for review, and the reviewer's sign-off fed back.
 
-Flagged cases come from JSON records that carry ``"flag": true`` (the per-case uncertainty record
-of the predict stage, ``results/predict/sub-X/sub-X_uncertainty.json``, and any QC record of the
-same shape). :func:`write_flagged_cases` writes them as a TSV that doubles as the sign-off
-template (columns ``subject, stage, decision, comment`` plus the evidence) and as an HTML table
-for the report.
+Flagged cases come from JSON records that carry ``"flag": true``: the per-case uncertainty record
+of the predict stage, ``results/predict/sub-X/sub-X_uncertainty.json``, read through its one
+definition :class:`medpipe.core.records.UncertaintyRecord` (its ``reasons`` become the reason
+column), and any other QC record of the same shape (read by the keys ``flag``/``flagged``,
+``reason``, ``score`` and ``threshold``). :func:`write_flagged_cases` writes them as a TSV that
+doubles as the sign-off template (columns ``subject, stage, decision, comment`` plus the evidence)
+and as an HTML table for the report.
 
 The reviewer fills ``decision`` with ``ok``, ``redo`` or ``exclude`` and feeds the file back
 (config ``review.signoff``): :func:`excluded_subjects` lists subjects to drop from the subject list,
@@ -27,6 +29,7 @@ import pandas as pd
 from medpipe.audit.manifest import write_html_tables
 from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.io import atomic_path
+from medpipe.core.records import UncertaintyRecord, is_uncertainty_record, subject_from_name
 
 logger = logging.getLogger(__name__)
 
@@ -146,13 +149,42 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _score_reason(score: float | None, threshold: float | None) -> str:
+    """Reason of a flagged record that gives none."""
+    known = score is not None and threshold is not None
+    return f"score {score:.4g} > threshold {threshold:.4g}" if known else "flagged"
+
+
+def _uncertainty_flag(data: Any, path: Path) -> FlaggedCase | None:
+    """The flagged case of a predict-stage uncertainty record, or ``None`` when it is not flagged."""
+    record = UncertaintyRecord.from_json(data, subject=subject_from_name(path), path=path)
+    if not record.flag:
+        return None
+    if not _SUBJECT.match(record.subject):
+        raise DataError(f"flagged record names no valid subject ({record.subject!r})", path=path)
+    reason = record.reason or _score_reason(record.score, record.threshold)
+    return FlaggedCase(record.subject, record.stage, reason, record.score, record.threshold)
+
+
 def read_flag(path: str | Path) -> FlaggedCase | None:
-    """The flagged case described by a JSON record, or ``None`` when it is not flagged."""
+    """The flagged case described by a JSON record, or ``None`` when it is not flagged.
+
+    Uncertainty records (``*_uncertainty.json``) are read as :class:`~medpipe.core.records.UncertaintyRecord`;
+    other records by the keys ``flag``/``flagged``, ``subject``, ``stage``, ``reason``, a score
+    (:data:`SCORE_KEYS`) and ``threshold``.
+
+    Raises
+    ------
+    DataError
+        Naming the file when it cannot be read, or when a record is flagged but names no valid subject.
+    """
     path = Path(path)
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read review record: {exc}", path=path) from exc
+    if is_uncertainty_record(path):
+        return _uncertainty_flag(record, path)
     if not isinstance(record, dict) or not (record.get("flag") or record.get("flagged")):
         return None
     match = _SUB_IN_NAME.search(path.name)
@@ -162,10 +194,7 @@ def read_flag(path: str | Path) -> FlaggedCase | None:
     stage = str(record.get("stage") or (path.parts[-3] if len(path.parts) >= 3 else "unknown"))
     score = next((_number(record[k]) for k in SCORE_KEYS if _number(record.get(k)) is not None), None)
     threshold = _number(record.get("threshold"))
-    reason = str(record.get("reason") or "")
-    if not reason:
-        known = score is not None and threshold is not None
-        reason = f"score {score:.4g} > threshold {threshold:.4g}" if known else "flagged"
+    reason = str(record.get("reason") or "") or _score_reason(score, threshold)
     return FlaggedCase(subject, stage, reason, score, threshold)
 
 

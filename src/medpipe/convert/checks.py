@@ -116,21 +116,21 @@ def _spacing_problems(centres: npt.NDArray[np.float64]) -> tuple[list[str], floa
     return problems, median
 
 
-def check_series_geometry(
-    group: SeriesGroup, selector: Selector, *, subject: str, sequence: str, phi: Sequence[str] = ()
-) -> SeriesLayout:
-    """Refuse a series that is not one regular volume (or a regular 4D series when allowed).
+def _frame_geometry(
+    frames: Sequence[tuple[tuple[float, ...] | None, tuple[float, float, float] | None]],
+    group: SeriesGroup,
+    *,
+    subject: str,
+    sequence: str,
+    phi: Sequence[str],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Orientation (N x 6) and position (N x 3) arrays of every frame.
 
     Raises
     ------
     DicomError
-        Naming the subject, the series and every problem found.
+        When a frame lacks ImagePositionPatient or ImageOrientationPatient.
     """
-    problems: list[str] = []
-    frames = [f for inst in group.instances for f in _frames(inst)]
-    matrices = {(int(i.get("Rows", 0)), int(i.get("Columns", 0))) for i in group.instances}
-    if len(matrices) > 1:
-        problems.append(f"mixed matrix sizes {sorted(matrices)}")
     if any(o is None or p is None for o, p in frames):
         raise DicomError(
             f"sequence {sequence}: {group.label(phi)}: images without ImagePositionPatient/"
@@ -139,21 +139,25 @@ def check_series_geometry(
         )
     iops = np.array([o for o, _ in frames], dtype=np.float64)
     ipps = np.array([p for _, p in frames], dtype=np.float64)
-    if np.abs(iops - iops[0]).max() > 1e-3:
-        n_orient = len({tuple(np.round(o, 3)) for o in iops})
-        problems.append(f"mixed orientations ({n_orient} slice orientations in one series)")
-    row, col = iops[0, :3], iops[0, 3:]
-    normal = np.cross(row, col)
+    return iops, ipps
+
+
+def _slice_normal(iop: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Unit normal of the slice plane spanned by the row and column directions of ``iop``."""
+    normal = np.asarray(np.cross(iop[:3], iop[3:]), dtype=np.float64)
     normal /= np.linalg.norm(normal)
-    along = ipps @ normal
-    positions = _clusters(along, POSITION_TOL_MM)
-    counts = [c for _, c in positions]
-    n_slices, n_volumes = len(positions), counts[0]
+    return normal
+
+
+def _stacking_problems(counts: Sequence[int], n_frames: int, selector: Selector) -> list[str]:
+    """Problems with how the images stack into slice positions (``counts``: images per position)."""
+    problems: list[str] = []
+    n_slices, n_volumes = len(counts), counts[0]
     if n_slices == 1:
         problems.append(
             "single slice: a volume is required"
-            if len(frames) == 1
-            else f"not a volume: all {len(frames)} images lie at one slice position (single slice)"
+            if n_frames == 1
+            else f"not a volume: all {n_frames} images lie at one slice position (single slice)"
         )
     elif len(set(counts)) > 1:
         problems.append(
@@ -169,14 +173,49 @@ def check_series_geometry(
         problems.append(
             f"slice count too small: only {n_slices} slices; a volume needs at least {selector.min_slices} (min_slices)"
         )
+    return problems
+
+
+def _tilt_deg(
+    ipps: npt.NDArray[np.float64], along: npt.NDArray[np.float64], normal: npt.NDArray[np.float64], group: SeriesGroup
+) -> float:
+    """Angle between the slice normal and the stacking direction, or the GantryDetectorTilt tag if larger."""
+    order = np.argsort(along)
+    step = ipps[order[-1]] - ipps[order[0]]
+    tilt = float(np.degrees(np.arccos(min(1.0, abs(float(step @ normal)) / float(np.linalg.norm(step))))))
+    tag_tilt = abs(float(group.first.get("GantryDetectorTilt", 0.0) or 0.0))
+    return max(tilt, tag_tilt)
+
+
+def check_series_geometry(
+    group: SeriesGroup, selector: Selector, *, subject: str, sequence: str, phi: Sequence[str] = ()
+) -> SeriesLayout:
+    """Refuse a series that is not one regular volume (or a regular 4D series when allowed).
+
+    Raises
+    ------
+    DicomError
+        Naming the subject, the series and every problem found.
+    """
+    problems: list[str] = []
+    frames = [f for inst in group.instances for f in _frames(inst)]
+    matrices = {(int(i.get("Rows", 0)), int(i.get("Columns", 0))) for i in group.instances}
+    if len(matrices) > 1:
+        problems.append(f"mixed matrix sizes {sorted(matrices)}")
+    iops, ipps = _frame_geometry(frames, group, subject=subject, sequence=sequence, phi=phi)
+    if np.abs(iops - iops[0]).max() > 1e-3:
+        n_orient = len({tuple(np.round(o, 3)) for o in iops})
+        problems.append(f"mixed orientations ({n_orient} slice orientations in one series)")
+    normal = _slice_normal(iops[0])
+    along = ipps @ normal
+    positions = _clusters(along, POSITION_TOL_MM)
+    counts = [c for _, c in positions]
+    n_slices, n_volumes = len(positions), counts[0]
+    problems += _stacking_problems(counts, len(frames), selector)
     tilt = 0.0
     spacing: float | None = None
     if n_slices > 1:
-        order = np.argsort(along)
-        step = ipps[order[-1]] - ipps[order[0]]
-        tilt = float(np.degrees(np.arccos(min(1.0, abs(float(step @ normal)) / float(np.linalg.norm(step))))))
-        tag_tilt = abs(float(group.first.get("GantryDetectorTilt", 0.0) or 0.0))
-        tilt = max(tilt, tag_tilt)
+        tilt = _tilt_deg(ipps, along, normal, group)
         if tilt > TILT_TOL_DEG and selector.gantry_tilt == "refuse":
             problems.append(
                 f"gantry tilt of {tilt:.2f} degrees (slices are sheared; set gantry_tilt: resample "

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from medpipe.convert.checks import (
     SeriesLayout,
@@ -36,7 +37,14 @@ from medpipe.convert.checks import (
     check_series_geometry,
 )
 from medpipe.convert.deid import dicom_rows, header_rows, phi_values, redact, scrub_bids, write_deid_table
-from medpipe.convert.discover import SeriesGroup, group_series, parse_selector, scan_dicom_folder, select_series
+from medpipe.convert.discover import (
+    Selector,
+    SeriesGroup,
+    group_series,
+    parse_selector,
+    scan_dicom_folder,
+    select_series,
+)
 from medpipe.core.errors import DicomError
 from medpipe.core.geometry import Geometry
 from medpipe.core.io import load_nifti, save_nifti, stored_voxels
@@ -160,6 +168,112 @@ def _source_record(group: SeriesGroup, layout: SeriesLayout) -> dict[str, Any]:
     }
 
 
+def _select_group(root: Path, sel: Selector, *, subject: str, sequence: str) -> tuple[SeriesGroup, list[str]]:
+    """Scan ``root``, group its files into candidate volumes and pick the one ``sel`` selects.
+
+    Returns
+    -------
+    group, phi
+        The selected series and the identifying values of the folder (to redact from messages).
+    """
+    instances = scan_dicom_folder(root, subject=subject)
+    phi = phi_values(inst.header for inst in instances)
+    group = select_series(
+        group_series(instances, allow_4d=sel.allow_4d), sel, subject=subject, sequence=sequence, phi=phi
+    )
+    return group, phi
+
+
+def _convert_group(
+    group: SeriesGroup, sel: Selector, *, subject: str, sequence: str, phi: Sequence[str]
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64], dict[str, Any], list[str]]:
+    """Run dcm2niix on the selected series and read its output back.
+
+    Returns
+    -------
+    data, affine, bids, warnings
+        Voxels (a single volume squeezed to 3D), RAS+ affine, dcm2niix's BIDS sidecar and its warnings.
+
+    Raises
+    ------
+    DicomError
+        When dcm2niix fails or the output has several volumes without ``allow_4d``.
+    """
+    label = group.label(phi)
+    with tempfile.TemporaryDirectory(prefix="medpipe-dcm2niix-") as tmp:
+        nii, bids, warnings = run_dcm2niix(
+            group.paths,
+            Path(tmp),
+            subject=subject,
+            sequence=sequence,
+            label=label,
+            phi=phi,
+            allow_tilt=sel.gantry_tilt == "resample",
+        )
+        img = load_nifti(nii, subject=subject)
+        data, affine = stored_voxels(img), np.asarray(img.affine, dtype=np.float64)
+    for w in warnings:
+        logger.warning("sequence %s: dcm2niix: %s", sequence, w)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 4 and not sel.allow_4d:
+        raise DicomError(
+            f"sequence {sequence}: {label} converted to {data.shape[3]} volumes; set allow_4d",
+            subject=subject,
+        )
+    return data, affine, bids, warnings
+
+
+def _write_convert_sidecar(
+    out_image: str | Path,
+    out_deid: str | Path,
+    *,
+    subject: str,
+    sequence: str,
+    sel: Selector,
+    group: SeriesGroup,
+    layout: SeriesLayout,
+    data: npt.NDArray[Any],
+    geometry: Geometry,
+    bids: Mapping[str, Any],
+    warnings: list[str],
+    phi: Sequence[str],
+) -> tuple[str, int]:
+    """Write the de-identification table and the sidecar of the converted image.
+
+    Returns
+    -------
+    version, n_removed
+        dcm2niix's version string and the number of BIDS fields removed as identifying.
+    """
+    clean_bids, removed = scrub_bids(bids, phi)
+    write_deid_table([*dicom_rows([i.header for i in group.instances]), *removed, *header_rows()], out_deid)
+    version = str(bids.get("ConversionSoftwareVersion", "unknown"))
+    write_sidecar(
+        out_image,
+        stage="convert",
+        subject=subject,
+        parameters={"sequence": sequence, "selector": sel.as_dict(), "dcm2niix_options": "-b y -ba y -z n"},
+        geometry=geometry,
+        packages=["pydicom", "dcm2niix"],
+        extra={
+            "dcm2niix_version": version,
+            "source": _source_record(group, layout),
+            "dicom_inputs": _input_hashes(group.paths),
+            "shape": [int(v) for v in data.shape],
+            "dtype": str(data.dtype),
+            "bids": clean_bids,
+            "deidentification": {
+                "table": Path(out_deid).name,
+                "n_removed_fields": len(removed),
+                "dcm2niix_anonymised_sidecar": True,
+            },
+            "warnings": warnings,
+        },
+    )
+    return version, len(removed)
+
+
 def convert_sequence(
     dicom_dir: str | Path,
     out_image: str | Path,
@@ -209,61 +323,25 @@ def convert_sequence(
         return import_nifti_sequence(dicom_dir, out_image, out_deid, out_qc, subject=subject, sequence=sequence)
     sel = parse_selector({k: v for k, v in selector.items() if k != "nifti"}, sequence=sequence)
     root = Path(dicom_dir)
-    instances = scan_dicom_folder(root, subject=subject)
-    phi = phi_values(inst.header for inst in instances)
-    group = select_series(
-        group_series(instances, allow_4d=sel.allow_4d), sel, subject=subject, sequence=sequence, phi=phi
-    )
-    label = group.label(phi)
+    group, phi = _select_group(root, sel, subject=subject, sequence=sequence)
     layout = check_series_geometry(group, sel, subject=subject, sequence=sequence, phi=phi)
     check_pixel_data(group, subject=subject, root=root, sequence=sequence, phi=phi)
-    with tempfile.TemporaryDirectory(prefix="medpipe-dcm2niix-") as tmp:
-        nii, bids, warnings = run_dcm2niix(
-            group.paths,
-            Path(tmp),
-            subject=subject,
-            sequence=sequence,
-            label=label,
-            phi=phi,
-            allow_tilt=sel.gantry_tilt == "resample",
-        )
-        img = load_nifti(nii, subject=subject)
-        data, affine = stored_voxels(img), np.asarray(img.affine, dtype=np.float64)
-    for w in warnings:
-        logger.warning("sequence %s: dcm2niix: %s", sequence, w)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim == 4 and not sel.allow_4d:
-        raise DicomError(
-            f"sequence {sequence}: {label} converted to {data.shape[3]} volumes; set allow_4d",
-            subject=subject,
-        )
+    data, affine, bids, warnings = _convert_group(group, sel, subject=subject, sequence=sequence, phi=phi)
     save_nifti(data, affine, out_image)
     geometry = Geometry(tuple(int(v) for v in data.shape[:3]), affine)
-    clean_bids, removed = scrub_bids(bids, phi)
-    write_deid_table([*dicom_rows([i.header for i in group.instances]), *removed, *header_rows()], out_deid)
-    version = str(bids.get("ConversionSoftwareVersion", "unknown"))
-    write_sidecar(
+    version, n_removed = _write_convert_sidecar(
         out_image,
-        stage="convert",
+        out_deid,
         subject=subject,
-        parameters={"sequence": sequence, "selector": sel.as_dict(), "dcm2niix_options": "-b y -ba y -z n"},
+        sequence=sequence,
+        sel=sel,
+        group=group,
+        layout=layout,
+        data=data,
         geometry=geometry,
-        packages=["pydicom", "dcm2niix"],
-        extra={
-            "dcm2niix_version": version,
-            "source": _source_record(group, layout),
-            "dicom_inputs": _input_hashes(group.paths),
-            "shape": [int(v) for v in data.shape],
-            "dtype": str(data.dtype),
-            "bids": clean_bids,
-            "deidentification": {
-                "table": Path(out_deid).name,
-                "n_removed_fields": len(removed),
-                "dcm2niix_anonymised_sidecar": True,
-            },
-            "warnings": warnings,
-        },
+        bids=bids,
+        warnings=warnings,
+        phi=phi,
     )
     save_image_panel(
         data,
@@ -277,6 +355,6 @@ def convert_sequence(
         Path(out_image).name,
         tuple(data.shape),
         data.dtype,
-        len(removed),
+        n_removed,
     )
     return Path(out_image)

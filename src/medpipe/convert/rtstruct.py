@@ -83,6 +83,116 @@ def _polygon_mask(points: npt.NDArray[np.float64], shape: tuple[int, int]) -> np
     return out
 
 
+def _roi_contours(
+    path: str | Path, *, subject: str, roi_pattern: str, frame_of_reference: str | None
+) -> tuple[str, list[Any]]:
+    """Read the RTSTRUCT and return the selected ROI's name and its contour items.
+
+    Raises
+    ------
+    DicomError
+        When the file is not an RTSTRUCT or ``roi_pattern`` does not match exactly one ROI.
+    GeometryError
+        When the ROI's frame of reference differs from ``frame_of_reference``.
+    """
+    ds = pydicom.dcmread(str(path), force=True)
+    if str(ds.get("Modality", "")).upper() != "RTSTRUCT":
+        raise DicomError(f"expected an RTSTRUCT, got Modality {ds.get('Modality', '?')}", subject=subject, path=path)
+    names = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
+    number = select_roi(names, roi_pattern, subject=subject, path=path)
+    roi_for = {int(r.ROINumber): str(r.get("ReferencedFrameOfReferenceUID", "")) for r in ds.StructureSetROISequence}
+    if frame_of_reference and roi_for.get(number) and roi_for[number] != frame_of_reference:
+        raise GeometryError(
+            f"ROI {names[number]!r} is in another frame of reference than the reference image "
+            "(FrameOfReferenceUID differs); it belongs to another scan",
+            subject=subject,
+            path=path,
+        )
+    contours = [
+        c
+        for item in ds.get("ROIContourSequence", [])
+        if int(item.ReferencedROINumber) == number
+        for c in item.get("ContourSequence", [])
+    ]
+    return names[number], contours
+
+
+def _contour_voxels(contour: Any, inv: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float64] | None, str]:
+    """Continuous voxel indices (N x 4, homogeneous) of a closed planar contour, and its geometric type.
+
+    The points are ``None`` for a contour that encloses no area (not ``CLOSED_PLANAR`` or fewer than 3 points).
+    """
+    kind = str(contour.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
+    pts = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3) * _LPS_TO_RAS
+    if kind != "CLOSED_PLANAR" or len(pts) < 3:
+        return None, kind
+    return np.column_stack([pts, np.ones(len(pts))]) @ inv.T, kind
+
+
+def _place_contour(
+    vox: npt.NDArray[np.float64],
+    mask: npt.NDArray[np.bool_],
+    skipped: dict[str, int],
+    *,
+    roi_name: str,
+    subject: str,
+    path: str | Path,
+) -> bool:
+    """XOR the contour (voxel coordinates ``vox``) into its grid plane of ``mask``.
+
+    Contours off the grid are counted in ``skipped`` and not placed; contours between slices are
+    counted and placed on the nearest slice.
+
+    Returns
+    -------
+    bool
+        Whether the contour was placed.
+
+    Raises
+    ------
+    GeometryError
+        When the contour is oblique to every grid plane.
+    """
+    shape = mask.shape
+    spread = np.ptp(vox[:, :3], axis=0)
+    axis = int(np.argmin(spread))
+    if spread[axis] > 2 * PLANE_TOL_VOX:
+        raise GeometryError(
+            f"a contour of ROI {roi_name!r} is oblique to the reference grid (its points "
+            f"span {spread[axis]:.2f} voxels across every grid plane); rasterise it on the grid "
+            "it was drawn on",
+            subject=subject,
+            path=path,
+        )
+    k_float = float(vox[:, axis].mean())
+    k = round(k_float)
+    if not 0 <= k < shape[axis]:
+        skipped["contour outside the reference grid"] = skipped.get("contour outside the reference grid", 0) + 1
+        return False
+    if abs(k_float - k) > PLANE_TOL_VOX:
+        skipped_key = "contour between slices, placed on the nearest slice"
+        skipped[skipped_key] = skipped.get(skipped_key, 0) + 1
+    in_plane = [a for a in range(3) if a != axis]
+    plane = _polygon_mask(vox[:, in_plane], (shape[in_plane[0]], shape[in_plane[1]]))
+    index: list[Any] = [slice(None)] * 3
+    index[axis] = k
+    mask[tuple(index)] ^= plane
+    return True
+
+
+def _report_warnings(report: RasterReport, skipped: dict[str, int]) -> None:
+    """Add the dangling-reference and skipped-contour warnings to ``report`` and log them."""
+    if report.dangling_references:
+        report.warnings.append(
+            f"{report.dangling_references} of {report.n_contours} contours reference SOP instances "
+            "that are not in the reference series; placed by geometry"
+        )
+    for reason, count in sorted(skipped.items()):
+        report.warnings.append(f"{count} contour(s): {reason}")
+    for w in report.warnings:
+        logger.warning("ROI %r: %s", report.roi_name, w)
+
+
 def rtstruct_to_mask(
     path: str | Path,
     reference: Geometry,
@@ -115,84 +225,33 @@ def rtstruct_to_mask(
     mask, report
         uint8 0/1 mask on ``reference`` and what happened to every contour.
     """
-    ds = pydicom.dcmread(str(path), force=True)
-    if str(ds.get("Modality", "")).upper() != "RTSTRUCT":
-        raise DicomError(f"expected an RTSTRUCT, got Modality {ds.get('Modality', '?')}", subject=subject, path=path)
-    names = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
-    number = select_roi(names, roi_pattern, subject=subject, path=path)
-    report = RasterReport(roi_name=names[number])
-    roi_for = {int(r.ROINumber): str(r.get("ReferencedFrameOfReferenceUID", "")) for r in ds.StructureSetROISequence}
-    if frame_of_reference and roi_for.get(number) and roi_for[number] != frame_of_reference:
-        raise GeometryError(
-            f"ROI {names[number]!r} is in another frame of reference than the reference image "
-            "(FrameOfReferenceUID differs); it belongs to another scan",
-            subject=subject,
-            path=path,
-        )
-    contours = [
-        c
-        for item in ds.get("ROIContourSequence", [])
-        if int(item.ReferencedROINumber) == number
-        for c in item.get("ContourSequence", [])
-    ]
-    report.n_contours = len(contours)
+    roi_name, contours = _roi_contours(
+        path, subject=subject, roi_pattern=roi_pattern, frame_of_reference=frame_of_reference
+    )
+    report = RasterReport(roi_name=roi_name, n_contours=len(contours))
     inv = np.linalg.inv(reference.affine)
-    shape = tuple(int(v) for v in reference.shape[:3])
-    mask = np.zeros(shape, dtype=bool)
+    mask = np.zeros(tuple(int(v) for v in reference.shape[:3]), dtype=bool)
     skipped: dict[str, int] = {}
     for contour in contours:
         refs = [str(r.ReferencedSOPInstanceUID) for r in contour.get("ContourImageSequence", [])]
         if reference_sops is not None and any(r not in reference_sops for r in refs):
             report.dangling_references += 1
-        kind = str(contour.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
-        pts = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3) * _LPS_TO_RAS
-        if kind != "CLOSED_PLANAR" or len(pts) < 3:
+        vox, kind = _contour_voxels(contour, inv)
+        if vox is None:
             skipped[f"{kind} contour (not an area)"] = skipped.get(f"{kind} contour (not an area)", 0) + 1
-            continue
-        vox = np.column_stack([pts, np.ones(len(pts))]) @ inv.T
-        spread = np.ptp(vox[:, :3], axis=0)
-        axis = int(np.argmin(spread))
-        if spread[axis] > 2 * PLANE_TOL_VOX:
-            raise GeometryError(
-                f"a contour of ROI {names[number]!r} is oblique to the reference grid (its points "
-                f"span {spread[axis]:.2f} voxels across every grid plane); rasterise it on the grid "
-                "it was drawn on",
-                subject=subject,
-                path=path,
-            )
-        k_float = float(vox[:, axis].mean())
-        k = round(k_float)
-        if not 0 <= k < shape[axis]:
-            skipped["contour outside the reference grid"] = skipped.get("contour outside the reference grid", 0) + 1
-            continue
-        if abs(k_float - k) > PLANE_TOL_VOX:
-            skipped_key = "contour between slices, placed on the nearest slice"
-            skipped[skipped_key] = skipped.get(skipped_key, 0) + 1
-        in_plane = [a for a in range(3) if a != axis]
-        plane = _polygon_mask(vox[:, in_plane], (shape[in_plane[0]], shape[in_plane[1]]))
-        index: list[Any] = [slice(None)] * 3
-        index[axis] = k
-        mask[tuple(index)] ^= plane
-        report.n_placed += 1
-    if report.dangling_references:
-        report.warnings.append(
-            f"{report.dangling_references} of {len(contours)} contours reference SOP instances "
-            "that are not in the reference series; placed by geometry"
-        )
-    for reason, count in sorted(skipped.items()):
-        report.warnings.append(f"{count} contour(s): {reason}")
-    for w in report.warnings:
-        logger.warning("ROI %r: %s", names[number], w)
+        elif _place_contour(vox, mask, skipped, roi_name=roi_name, subject=subject, path=path):
+            report.n_placed += 1
+    _report_warnings(report, skipped)
     if not mask.any():
         raise DataError(
-            f"ROI {names[number]!r}: no voxel of the reference grid lies inside its {len(contours)} "
+            f"ROI {roi_name!r}: no voxel of the reference grid lies inside its {len(contours)} "
             f"contour(s) ({'; '.join(report.warnings) or 'no contours'})",
             subject=subject,
             path=path,
         )
     logger.info(
         "ROI %r: %d of %d contour(s) placed, %d voxel(s)",
-        names[number],
+        roi_name,
         report.n_placed,
         report.n_contours,
         int(mask.sum()),

@@ -1,7 +1,11 @@
 """Reading and writing images; the only module that knows file formats and toolkit conventions.
 
 * NIfTI through nibabel (RAS+ world coordinates, array indexed ``[i, j, k]``).
-* SimpleITK and ANTs images are converted in memory; both use LPS world coordinates.
+* SimpleITK and ANTs images are converted in memory; both use LPS world coordinates. Images that a
+  tool needs as SimpleITK images (pyradiomics) are read with :func:`read_sitk`; their RAS+ grid is
+  :func:`sitk_geometry` (the LPS -> RAS step is :func:`_sitk_ras_affine`, shared with :func:`sitk_to_nib`).
+* Tables are TSV (:func:`write_tsv`: missing values ``NA``, full float precision, unless a caller
+  names another representation) and figures PNG (:func:`save_png`).
 * Every write is atomic (temporary file + rename) so a killed job never leaves a half-written
   output, and NIfTI header text fields (``descrip``, ``aux_file``, ``intent_name``, ``db_name``)
   are blanked so no free text (possibly PHI) survives in an output header.
@@ -59,19 +63,47 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def write_tsv(table: pd.DataFrame, path: str | Path) -> Path:
-    """Write a table as TSV atomically, full float precision, missing values as ``NA`` (byte-identical re-runs)."""
+#: Missing values in the pipeline's TSV tables.
+NA_REP = "NA"
+
+
+def write_tsv(table: pd.DataFrame, path: str | Path, *, na_rep: str = NA_REP, float_format: str | None = None) -> Path:
+    """Write a table as TSV atomically (byte-identical re-runs).
+
+    Parameters
+    ----------
+    table
+        The table; its index is not written.
+    path
+        Destination.
+    na_rep
+        Text of a missing value: :data:`NA_REP` unless a table has its own documented convention
+        (the evaluation metrics write ``NaN``, the failure list an empty field).
+    float_format
+        ``printf`` format of floats; ``None`` writes full precision (shortest repr).
+    """
     path = Path(path)
     with atomic_path(path) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, na_rep="NA")
+        table.to_csv(tmp, sep="\t", index=False, na_rep=na_rep, float_format=float_format)
     return path
 
 
-def save_png(fig: Figure, path: str | Path) -> Path:
-    """Save a matplotlib figure as PNG atomically, without the software tag (byte-identical re-runs); close it."""
+def save_png(fig: Figure, path: str | Path, *, dpi: float | None = None) -> Path:
+    """Save a matplotlib figure as PNG atomically, without the software tag (byte-identical re-runs); close it.
+
+    Parameters
+    ----------
+    fig
+        The figure (closed afterwards).
+    path
+        Destination.
+    dpi
+        Resolution; ``None`` keeps the figure's own.
+    """
     path = Path(path)
+    resolution: dict[str, Any] = {} if dpi is None else {"dpi": dpi}
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
+        fig.savefig(tmp, format="png", metadata={"Software": None}, **resolution)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -168,16 +200,53 @@ def nib_to_sitk(img: nib.Nifti1Image, dtype: npt.DTypeLike | None = None) -> sit
     return out
 
 
+def _sitk_ras_affine(img: sitk.Image) -> npt.NDArray[np.float64]:
+    """Voxel-to-RAS+ affine of a 3D SimpleITK image (whose direction, spacing and origin are LPS)."""
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    m = np.eye(4)
+    m[:3, :3] = direction * np.asarray(img.GetSpacing())
+    m[:3, 3] = img.GetOrigin()
+    return np.asarray(_LPS @ m, dtype=np.float64)
+
+
 def sitk_to_nib(img: sitk.Image) -> nib.Nifti1Image:
     """Convert a 3D SimpleITK image to nibabel (same world coordinates)."""
     import SimpleITK as sitk
 
     data = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
-    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
-    m = np.eye(4)
-    m[:3, :3] = direction * np.asarray(img.GetSpacing())
-    m[:3, 3] = img.GetOrigin()
-    return nib.Nifti1Image(data, _LPS @ m)
+    return nib.Nifti1Image(data, _sitk_ras_affine(img))
+
+
+def sitk_geometry(img: sitk.Image) -> Geometry:
+    """:class:`Geometry` (shape and RAS+ affine) of a 3D SimpleITK image."""
+    size = img.GetSize()
+    return Geometry((int(size[0]), int(size[1]), int(size[2])), _sitk_ras_affine(img))
+
+
+def read_sitk(path: str | Path, *, subject: str | None = None) -> sitk.Image:
+    """Read a 3D image (NIfTI, NRRD, ...) with SimpleITK, raising :class:`DataError` naming the file.
+
+    Parameters
+    ----------
+    path
+        Image file.
+    subject
+        Subject ID, named in errors.
+
+    Returns
+    -------
+    SimpleITK.Image
+        The image in SimpleITK's LPS world coordinates (:func:`sitk_geometry` gives its RAS+ grid).
+    """
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise DataError(f"cannot read image: {exc}", subject=subject, path=path) from exc
+    if img.GetDimension() != 3:
+        raise DataError(f"expected a 3D image, got {img.GetDimension()}D", subject=subject, path=path)
+    return img
 
 
 # --- ANTs ----------------------------------------------------------------------------------------

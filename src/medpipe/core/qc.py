@@ -19,13 +19,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
 
-from medpipe.core.io import atomic_path
+from medpipe.core.io import save_png
 
 logger = logging.getLogger(__name__)
 
 _COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#bf5af2")
 _DPI = 90
-_META = {"Software": None}
 
 
 def _centre(masks: Mapping[str, npt.NDArray[Any]], shape: Sequence[int]) -> tuple[int, int, int]:
@@ -57,11 +56,7 @@ def _window(image: npt.NDArray[Any]) -> tuple[float, float]:
 
 
 def _save(fig: Any, out: str | Path) -> Path:
-    out = Path(out)
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=_DPI, metadata=_META)
-    plt.close(fig)
-    return out
+    return save_png(fig, out, dpi=_DPI)
 
 
 def save_overlay(

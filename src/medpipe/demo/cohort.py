@@ -23,11 +23,12 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medpipe import __version__
+from medpipe.core.config import section_schema
 from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.io import atomic_path
 from medpipe.core.sidecar import package_versions, sha256_file, write_json
@@ -44,26 +45,36 @@ OWNED = ("dicom", "truth", "labels")
 GENERATOR_VERSION = 1
 
 
+def _default(key: str) -> Any:
+    """Schema default of ``demo.<key>`` (config/schemas/config.schema.yaml, the one place it is kept)."""
+    return section_schema("demo")["properties"][key]["default"]
+
+
+def _spacing(value: Any) -> tuple[float, float, float]:
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
+#: How each ``demo:`` key is read from a config section.
+_CONVERT: dict[str, Any] = {"n_subjects": int, "seed": int, "spacing_mm": _spacing}
+
+
 @dataclass(frozen=True)
 class DemoSettings:
-    """Parameters of the demo cohort (config section ``demo:``)."""
+    """Parameters of the demo cohort (config section ``demo:``); unset fields take the schema defaults."""
 
-    n_subjects: int = 12
-    seed: int = 42
-    spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    n_subjects: int = field(default_factory=lambda: int(_default("n_subjects")))
+    seed: int = field(default_factory=lambda: int(_default("seed")))
+    spacing_mm: tuple[float, float, float] = field(default_factory=lambda: _spacing(_default("spacing_mm")))
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> DemoSettings:
         """Build from the ``demo:`` config section, raising :class:`ConfigError` naming a bad key."""
         section = dict(section or {})
-        unknown = sorted(set(section) - {"n_subjects", "seed", "spacing_mm"})
+        known = sorted(section_schema("demo")["properties"])
+        unknown = sorted(set(section) - set(known))
         if unknown:
-            raise ConfigError(f"demo: unknown key(s) {unknown}; allowed: n_subjects, seed, spacing_mm")
-        out = cls(
-            n_subjects=int(section.get("n_subjects", cls.n_subjects)),
-            seed=int(section.get("seed", cls.seed)),
-            spacing_mm=tuple(float(v) for v in section.get("spacing_mm", cls.spacing_mm)),  # type: ignore[arg-type]
-        )
+            raise ConfigError(f"demo: unknown key(s) {unknown}; allowed: {', '.join(known)}")
+        out = cls(**{key: _CONVERT[key](value) for key, value in section.items()})
         out.validate()
         return out
 

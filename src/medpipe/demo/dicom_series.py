@@ -111,21 +111,30 @@ def _ds(value: float) -> str:
     return "0" if text in {"-0", ""} else text[:16]
 
 
-def write_series(
-    volume: npt.NDArray[np.uint16], grid: DemoGrid, folder: Path, study: StudyInfo, series: SeriesInfo
-) -> list[Path]:
-    """Write ``volume`` (indexed ``[i, j, k]`` on ``grid``) as one MR Image Storage file per slice.
+def _file_dataset() -> FileDataset:
+    """An empty MR Image Storage dataset (explicit VR little endian, 128-byte preamble).
 
-    Returns the written files ``IM0001.dcm ...`` in slice order (inferior to superior).
+    Returns
+    -------
+    FileDataset
+        Dataset holding only its file meta information.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    iop, ipp, pixel_spacing = dicom_geometry(grid)
-    normal = np.cross(iop[:3], iop[3:])
-    nx, ny, nz = grid.shape
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    return FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+
+
+def _set_patient_and_study(ds: FileDataset, study: StudyInfo) -> None:
+    """Set the equipment, patient (planted fake PHI) and study elements of ``ds``.
+
+    Parameters
+    ----------
+    ds
+        Dataset to fill in place.
+    study
+        Study identity: fake PHI, UIDs and date.
+    """
     ds.SOPClassUID = MRImageStorage
     ds.Modality = "MR"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
@@ -143,6 +152,18 @@ def write_series(
     ds.FrameOfReferenceUID = study.frame_of_reference_uid
     ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study.study_date
     ds.StudyTime = "090000"
+
+
+def _set_series(ds: FileDataset, series: SeriesInfo) -> None:
+    """Set the series and acquisition elements of ``ds``.
+
+    Parameters
+    ----------
+    ds
+        Dataset to fill in place.
+    series
+        Series identity and acquisition parameters.
+    """
     ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = f"09{10 + 5 * series.number:02d}00"
     ds.StudyID = "1"
     ds.SeriesInstanceUID = series.series_uid
@@ -159,6 +180,21 @@ def write_series(
     ds.FlipAngle = _ds(series.flip_angle_deg)
     ds.MagneticFieldStrength = "3"
     ds.PatientPosition = "HFS"
+
+
+def _set_image_plane(ds: FileDataset, grid: DemoGrid, iop: list[float], pixel_spacing: list[float]) -> None:
+    """Set the image plane and pixel description elements shared by every slice of ``ds``.
+
+    Parameters
+    ----------
+    ds
+        Dataset to fill in place.
+    grid
+        Acquisition grid (shape and slice spacing).
+    iop, pixel_spacing
+        ImageOrientationPatient and PixelSpacing from :func:`dicom_geometry`.
+    """
+    nx, ny, _ = grid.shape
     ds.ImageOrientationPatient = [_ds(v) for v in iop]
     ds.PixelSpacing = [_ds(v) for v in pixel_spacing]
     ds.SliceThickness = _ds(grid.spacing[2])
@@ -173,6 +209,23 @@ def write_series(
     ds.RescaleIntercept = "0"
     ds.RescaleSlope = "1"
     ds.RescaleType = "US"
+
+
+def write_series(
+    volume: npt.NDArray[np.uint16], grid: DemoGrid, folder: Path, study: StudyInfo, series: SeriesInfo
+) -> list[Path]:
+    """Write ``volume`` (indexed ``[i, j, k]`` on ``grid``) as one MR Image Storage file per slice.
+
+    Returns the written files ``IM0001.dcm ...`` in slice order (inferior to superior).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    iop, ipp, pixel_spacing = dicom_geometry(grid)
+    normal = np.cross(iop[:3], iop[3:])
+    nz = grid.shape[2]
+    ds = _file_dataset()
+    _set_patient_and_study(ds, study)
+    _set_series(ds, series)
+    _set_image_plane(ds, grid, iop, pixel_spacing)
     files: list[Path] = []
     vol = np.asarray(volume, dtype="<u2")
     for k in range(nz):

@@ -158,13 +158,39 @@ def _transform_record(motion: F64, rot: F64, trans: F64, centre: F64) -> dict[st
     }
 
 
-def generate_subject(
-    template: Template, grid: DemoGrid, index: int, seed: int, root: Path, uid_key: str
-) -> SubjectResult:
-    """Synthesise subject ``demo{index:02d}`` and write DICOM, truth and label under ``root``."""
-    subject = f"demo{index:02d}"
-    rng = np.random.default_rng([seed, index])
-    centre = np.asarray(FOV_CENTRE_MM, dtype=np.float64)
+@dataclass(frozen=True)
+class _SubjectDraws:
+    """Random parameters of one subject that do not depend on the sequence (drawn in a fixed order)."""
+
+    scale: F64
+    pose_deg: F64
+    shift: F64
+    world_to_template: F64
+    layer_factor: float
+    radius: float
+    lesion: Lesion
+    rot: F64
+    trans: F64
+    motion: F64
+
+
+def _draw_subject(template: Template, rng: np.random.Generator, centre: F64) -> _SubjectDraws:
+    """Draw head size and pose, head layer, lesion and T2w head motion (this order fixes the RNG stream).
+
+    Parameters
+    ----------
+    template
+        MNI template the anatomy is sampled from (lesion site).
+    rng
+        The subject's generator.
+    centre
+        Centre (RAS mm) of the scaling and of the rotations.
+
+    Returns
+    -------
+    _SubjectDraws
+        Every sequence-independent draw, and the transforms built from them.
+    """
     scale = 0.97 * rng.uniform(0.95, 1.05, size=3)
     pose_deg = rng.uniform(-4.0, 4.0, size=3)
     shift = rng.uniform(-4.0, 4.0, size=3)
@@ -179,6 +205,81 @@ def generate_subject(
     rot = rng.uniform(-6.0, 6.0, size=3)
     trans = rng.uniform(-6.0, 6.0, size=3)
     motion = rigid(rot, trans, centre)
+    return _SubjectDraws(scale, pose_deg, shift, world_to_template, layer_factor, radius, lesion, rot, trans, motion)
+
+
+def _write_sequence(
+    template: Template,
+    grid: DemoGrid,
+    draws: _SubjectDraws,
+    rng: np.random.Generator,
+    sequence: str,
+    study: StudyInfo,
+    root: Path,
+    record: dict[str, Any],
+) -> list[Path]:
+    """Synthesise and acquire one sequence; write its DICOM series, truth files and (T1w) the label.
+
+    Parameters
+    ----------
+    template, grid
+        Anatomy template and acquisition grid.
+    draws
+        The subject's sequence-independent draws.
+    rng
+        The subject's generator (bias field and noise are drawn from it, in this order).
+    sequence
+        A key of :data:`SEQUENCES`.
+    study
+        Study identity of the subject (PHI, UIDs, date).
+    root
+        Staging root (``dicom/``, ``truth/`` and ``labels/`` are written below it).
+    record
+        The subject record (``subject.json``); noise level and lesion volume are added in place.
+
+    Returns
+    -------
+    list of Path
+        Every file written.
+    """
+    subject = str(record["subject"])
+    number, te, tr, flip = SEQUENCES[sequence]
+    geom = Geometry(grid.shape, grid.affine)
+    to_subject = np.eye(4) if sequence == "T1w" else np.asarray(np.linalg.inv(draws.motion), dtype=np.float64)
+    clean, brain, parts = _synthesise(
+        template, grid, draws.lesion, draws.world_to_template, to_subject, sequence, draws.layer_factor
+    )
+    bias = bias_field(rng, grid.shape, float(rng.uniform(0.15, 0.3)))
+    noise = float(rng.uniform(0.02, 0.035)) * SIGNAL_SCALE
+    image = _acquire(clean, bias, noise, rng)
+    record[f"noise_sigma_{sequence}"] = round(noise, 6)
+    series = SeriesInfo(sequence, number, demo_uid(study.uid_key, subject, sequence), te, tr, flip)
+    files = write_series(image, grid, root / "dicom" / subject / sequence, study, series)
+    outputs: dict[str, tuple[npt.NDArray[Any], str]] = {f"biasfield_{sequence}.nii.gz": (bias, "float32")}
+    if sequence == "T1w":
+        lesion_mask = ((parts == 1) | (parts == 2)).astype(np.uint8)
+        record["lesion"]["volume_ml"] = round(float(lesion_mask.sum() * np.prod(grid.spacing)) / 1000, 4)
+        outputs |= {
+            "brainmask.nii.gz": (brain, "uint8"),
+            "lesion.nii.gz": (lesion_mask, "uint8"),
+            "lesion_parts.nii.gz": (parts, "uint8"),
+            "T1w_clean.nii.gz": (clean, "float32"),
+        }
+        label = root / "labels" / f"{subject}_lesion.nii.gz"
+        files += _save(lesion_mask, "uint8", label, geom, subject, {"what": "human lesion label (rim+core)"})
+    for name, (data, dtype) in outputs.items():
+        files += _save(data, dtype, root / "truth" / subject / name, geom, subject, {"what": name.split(".")[0]})
+    return files
+
+
+def generate_subject(
+    template: Template, grid: DemoGrid, index: int, seed: int, root: Path, uid_key: str
+) -> SubjectResult:
+    """Synthesise subject ``demo{index:02d}`` and write DICOM, truth and label under ``root``."""
+    subject = f"demo{index:02d}"
+    rng = np.random.default_rng([seed, index])
+    centre = np.asarray(FOV_CENTRE_MM, dtype=np.float64)
+    draws = _draw_subject(template, rng, centre)
     phi = plant_phi(subject, rng)
     study = StudyInfo(
         phi=phi,
@@ -188,49 +289,28 @@ def generate_subject(
         uid_key=uid_key,
     )
     truth = root / "truth" / subject
-    files: list[Path] = []
-    geom = Geometry(grid.shape, grid.affine)
     record: dict[str, Any] = {
         "subject": subject,
-        "scale_xyz": scale.round(6).tolist(),
-        "pose_deg_xyz": pose_deg.round(6).tolist(),
-        "shift_mm": shift.round(6).tolist(),
-        "head_layer_factor": round(layer_factor, 6),
-        "lesion": lesion.describe(),
+        "scale_xyz": draws.scale.round(6).tolist(),
+        "pose_deg_xyz": draws.pose_deg.round(6).tolist(),
+        "shift_mm": draws.shift.round(6).tolist(),
+        "head_layer_factor": round(draws.layer_factor, 6),
+        "lesion": draws.lesion.describe(),
     }
-    for sequence, (number, te, tr, flip) in SEQUENCES.items():
-        to_subject = np.eye(4) if sequence == "T1w" else np.asarray(np.linalg.inv(motion), dtype=np.float64)
-        clean, brain, parts = _synthesise(template, grid, lesion, world_to_template, to_subject, sequence, layer_factor)
-        bias = bias_field(rng, grid.shape, float(rng.uniform(0.15, 0.3)))
-        noise = float(rng.uniform(0.02, 0.035)) * SIGNAL_SCALE
-        image = _acquire(clean, bias, noise, rng)
-        record[f"noise_sigma_{sequence}"] = round(noise, 6)
-        series = SeriesInfo(sequence, number, demo_uid(uid_key, subject, sequence), te, tr, flip)
-        files += write_series(image, grid, root / "dicom" / subject / sequence, study, series)
-        outputs: dict[str, tuple[npt.NDArray[Any], str]] = {f"biasfield_{sequence}.nii.gz": (bias, "float32")}
-        if sequence == "T1w":
-            lesion_mask = ((parts == 1) | (parts == 2)).astype(np.uint8)
-            record["lesion"]["volume_ml"] = round(float(lesion_mask.sum() * np.prod(grid.spacing)) / 1000, 4)
-            outputs |= {
-                "brainmask.nii.gz": (brain, "uint8"),
-                "lesion.nii.gz": (lesion_mask, "uint8"),
-                "lesion_parts.nii.gz": (parts, "uint8"),
-                "T1w_clean.nii.gz": (clean, "float32"),
-            }
-            label = root / "labels" / f"{subject}_lesion.nii.gz"
-            files += _save(lesion_mask, "uint8", label, geom, subject, {"what": "human lesion label (rim+core)"})
-        for name, (data, dtype) in outputs.items():
-            files += _save(data, dtype, truth / name, geom, subject, {"what": name.split(".")[0]})
+    files: list[Path] = []
+    for sequence in SEQUENCES:
+        files += _write_sequence(template, grid, draws, rng, sequence, study, root, record)
     record["noise"] = "Rician (Gaussian noise on real and imaginary channels), sigma in DICOM units"
-    files.append(write_json(_transform_record(motion, rot, trans, centre), truth / "t2w_to_t1w_rigid.json"))
+    transform = _transform_record(draws.motion, draws.rot, draws.trans, centre)
+    files.append(write_json(transform, truth / "t2w_to_t1w_rigid.json"))
     files.append(write_json(record, truth / "subject.json"))
     logger.info(
         "%s: lesion radius %.1f mm, %.1f ml; T2w motion %s deg, %s mm",
         subject,
-        radius,
+        draws.radius,
         record["lesion"]["volume_ml"],
-        rot.round(1).tolist(),
-        trans.round(1).tolist(),
+        draws.rot.round(1).tolist(),
+        draws.trans.round(1).tolist(),
     )
     return SubjectResult(subject, phi, files)
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from medpipe.core.errors import DataError
-from medpipe.evaluate.metrics import read_metrics, write_tsv
+from medpipe.evaluate.metrics import read_metrics, write_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -138,5 +138,5 @@ def compare_results(
                 res["ttest_p"],
             )
     result = pd.DataFrame(rows)
-    write_tsv(result, out_tsv)
+    write_metrics(result, out_tsv)
     return result

@@ -7,7 +7,7 @@ the grid, so anisotropic voxels are handled in millimetres. Surfaces are the mas
 face-neighbour outside the mask (MONAI's binary-erosion edges); HD95 is the larger of the two
 directed 95th percentiles; the mean surface distance pools the distances of both surfaces.
 
-Empty masks (defined explicitly; see :data:`EMPTY_POLICY`):
+Empty masks (defined explicitly):
 
 * both masks empty: Dice = Jaccard = precision = recall = 1, all distances 0, relative volume
   difference 0;
@@ -35,7 +35,7 @@ import pandas as pd
 
 from medpipe.core.errors import DataError
 from medpipe.core.geometry import check_same_grid, geometry_of
-from medpipe.core.io import atomic_path, load_nifti
+from medpipe.core.io import load_nifti, save_png, write_tsv
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +52,10 @@ METRICS = (
     "volume_human_ml",
     "rel_volume_diff",
 )
+#: Representation in the metric tables: undefined distances as ``NaN``, floats with 10 significant digits.
+TSV_FORMAT = {"na_rep": "NaN", "float_format": "%.10g"}
 #: Metrics shown in the summary box plot.
 PLOT_METRICS = ("dice", "jaccard", "hd95_mm", "msd_mm")
-#: Documented values for empty masks (written to no file; the module docstring explains them).
-EMPTY_POLICY = {
-    "both": "dice=jaccard=precision=recall=1, distances=0, rel_volume_diff=0",
-    "one": "dice=jaccard=precision=recall=0, distances=NaN (empty_mask names the empty side)",
-}
 
 
 def dice_score(auto: npt.NDArray[Any], human: npt.NDArray[Any]) -> float:
@@ -177,15 +174,12 @@ def evaluate_pair(
         )
         rows.append(row)
     table = pd.DataFrame(rows, columns=["subject", "label", "label_value", *METRICS, "empty_mask"])
-    return write_tsv(table, out_tsv)
+    return write_metrics(table, out_tsv)
 
 
-def write_tsv(table: pd.DataFrame, out: str | Path) -> Path:
-    """Write a table as TSV atomically (NaN as ``NaN``, floats with 10 significant digits)."""
-    out = Path(out)
-    with atomic_path(out, suffix=".tsv") as tmp:
-        table.to_csv(tmp, sep="\t", index=False, na_rep="NaN", float_format="%.10g")
-    return out
+def write_metrics(table: pd.DataFrame, out: str | Path) -> Path:
+    """Write a metrics table as TSV (:func:`medpipe.core.io.write_tsv`): see :data:`TSV_FORMAT`."""
+    return write_tsv(table, out, **TSV_FORMAT)
 
 
 def read_metrics(path: str | Path) -> pd.DataFrame:
@@ -283,9 +277,9 @@ def summarise(
     if not frames:
         raise DataError("no per-subject metric tables to summarise", path=out_summary)
     metrics = pd.concat(frames, ignore_index=True).sort_values(["subject", "label"], kind="stable")
-    write_tsv(metrics, out_metrics)
+    write_metrics(metrics, out_metrics)
     summary = summary_table(metrics, seed=seed, n_boot=n_boot)
-    write_tsv(summary, out_summary)
+    write_metrics(summary, out_summary)
     save_metric_boxplots(metrics, PLOT_METRICS, out_plot)
     if out_cases is not None:
         if qc_images is None:
@@ -331,7 +325,7 @@ def save_metric_boxplots(metrics: pd.DataFrame, names: Sequence[str], out: str |
             ax.scatter(pos + rng.uniform(-0.12, 0.12, d.size), d, s=12, alpha=0.7, color="#0a84ff")
         ax.set_title(name)
     fig.tight_layout()
-    return _save_figure(fig, out)
+    return save_png(fig, out, dpi=90)
 
 
 def save_case_panel(images: Mapping[str, str | Path], out: str | Path) -> Path:
@@ -347,14 +341,4 @@ def save_case_panel(images: Mapping[str, str | Path], out: str | Path) -> Path:
         ax.set_title(title)
         ax.axis("off")
     fig.tight_layout()
-    return _save_figure(fig, out)
-
-
-def _save_figure(fig: Any, out: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    return out
+    return save_png(fig, out, dpi=90)

@@ -32,6 +32,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
+from medpipe.core.config import section_schema, with_defaults
 from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.geometry import check_same_grid, geometry_of
 from medpipe.core.io import load_nifti, save_like
@@ -40,33 +41,31 @@ from medpipe.evaluate.metrics import dice_score
 
 logger = logging.getLogger(__name__)
 
-#: Defaults of ``config["postprocess"]`` (the schema holds the same values).
-DEFAULTS: dict[str, Any] = {
-    "largest_component": True,
-    "min_size_mm3": 0.0,
-    "fill_holes": True,
-    "connectivity": 26,
-    "opening_mm": 0.0,
-    "closing_mm": 0.0,
-    "interpolation": "label",
-    "per_class": {},
-}
 _PACKAGES = ("connected-components-3d", "fill_voids", "scipy")
 _Connectivity = Literal[6, 18, 26]
 
 
+def _class_keys() -> set[str]:
+    """Keys of ``config["postprocess"]`` that ``per_class`` may override (the schema's, less the run-wide ones)."""
+    return set(section_schema("postprocess")["properties"]) - {"per_class", "dicom_seg"}
+
+
 def class_settings(settings: Mapping[str, Any], value: int) -> dict[str, Any]:
-    """Settings of one class: defaults, then ``settings``, then ``settings["per_class"][value]``."""
-    merged = {**DEFAULTS, **{k: v for k, v in settings.items() if k != "per_class"}}
+    """Settings of one class: schema defaults, then ``settings``, then ``settings["per_class"][value]``.
+
+    Raises
+    ------
+    ConfigError
+        An override key is unknown, or a value is not allowed by the schema.
+    """
     per_class = settings.get("per_class") or {}
     override = per_class.get(value, per_class.get(str(value), {}))
-    unknown = set(override) - set(DEFAULTS) - {"per_class"}
+    unknown = set(override) - _class_keys()
     if unknown:
         raise ConfigError(f"postprocess.per_class.{value}: unknown keys {sorted(unknown)}")
+    merged = {k: v for k, v in settings.items() if k != "per_class"}
     merged.update(override)
-    if int(merged["connectivity"]) not in (6, 18, 26):
-        raise ConfigError(f"postprocess.connectivity must be 6, 18 or 26, got {merged['connectivity']!r}")
-    return merged
+    return with_defaults(merged, "postprocess")
 
 
 def ball(radius_mm: float, spacing: Sequence[float]) -> npt.NDArray[np.bool_]:
@@ -175,7 +174,7 @@ def postprocess_to_native(
     subject
         Subject ID.
     settings
-        ``config["postprocess"]`` (see :data:`DEFAULTS`).
+        ``config["postprocess"]``; missing keys take the schema defaults (:func:`medpipe.core.config.with_defaults`).
     human_mask
         Human mask on the native grid, drawn in the QC overlay when given.
     decision
@@ -188,9 +187,7 @@ def postprocess_to_native(
     pred_img = load_nifti(pred, subject=subject)
     ref_img = load_nifti(reference, subject=subject)
     native = geometry_of(ref_img)
-    cfg = {**DEFAULTS, **settings}
-    if cfg["interpolation"] not in ("label", "nearest"):
-        raise ConfigError(f"postprocess.interpolation must be 'label' or 'nearest', got {cfg['interpolation']!r}")
+    cfg = with_defaults(settings, "postprocess")
     if np.asarray(pred_img.dataobj).ndim != 3:
         raise DataError(f"prediction must be a 3D label map, got shape {pred_img.shape}", subject=subject, path=pred)
     resampled = resample_to_grid(pred_img, native, interpolation=str(cfg["interpolation"]))
@@ -234,7 +231,7 @@ def decide_largest_component(
     out_json: str | Path,
     *,
     labels: Mapping[str, int],
-    connectivity: _Connectivity = 26,
+    connectivity: int | None = None,
 ) -> dict[str, Any]:
     """Decide per class whether keeping the largest component helps, from validation pairs.
 
@@ -252,9 +249,13 @@ def decide_largest_component(
     labels
         Class name -> label value.
     connectivity
-        Connectivity for the component analysis (6, 18 or 26).
+        Connectivity for the component analysis (6, 18 or 26); ``None``: the schema default of
+        ``postprocess.connectivity``.
     """
     import cc3d
+
+    given = {} if connectivity is None else {"connectivity": connectivity}
+    conn = cast(_Connectivity, int(with_defaults(given, "postprocess")["connectivity"]))
 
     if not pairs:
         raise DataError("no (prediction, ground truth) pairs to decide postprocessing from", path=out_json)
@@ -267,7 +268,7 @@ def decide_largest_component(
         for value in labels.values():
             pm, gm = p == value, g == value
             before[value].append(dice_score(pm, gm))
-            lcc = cc3d.largest_k(pm, k=1, connectivity=connectivity) > 0 if pm.any() else pm
+            lcc = cc3d.largest_k(pm, k=1, connectivity=conn) > 0 if pm.any() else pm
             after[value].append(dice_score(lcc, gm))
     classes = {}
     for name, value in labels.items():
@@ -288,7 +289,7 @@ def decide_largest_component(
         )
     decision = {
         "rule": "apply when mean Dice over cases strictly increases",
-        "connectivity": connectivity,
+        "connectivity": conn,
         "cases": [Path(p).name for p, _ in pairs],
         "classes": classes,
     }

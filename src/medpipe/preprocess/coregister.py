@@ -1,11 +1,16 @@
-"""Registration with ANTs: co-registration of a subject's sequences and optional template registration.
+"""Co-registration of a subject's sequences with ANTs.
 
 * :func:`coregister` aligns a sequence/modality (moving) to the reference sequence (fixed) with a
-  rigid or affine transform driven by Mattes mutual information, and writes the moved image on the
+  rigid or affine transform driven by mutual information, and writes the moved image on the
   fixed grid, the ANTs transform (``.mat``) and a checkerboard QC figure.
-* :func:`register_to_template` runs affine + SyN to a template and keeps the forward and inverse
-  transforms; :func:`mask_to_native` uses the inverse to bring a template-space mask back onto the
-  subject's native grid.
+* :func:`apply_transform_to_points` and :func:`apply_linear_transform` map points and images
+  through such a linear transform.
+
+Template registration (affine + SyN, and a template mask back to native space) lives in
+:mod:`medpipe.preprocess.template`.
+
+Settings are ``config["preprocess"]["coregister"]``; their defaults and allowed values come from
+``config/schemas/config.schema.yaml`` (:func:`medpipe.core.config.with_defaults`).
 
 Determinism: :func:`medpipe.core.determinism.ants_deterministic` seeds ANTs' random sampling
 (``--random-seed``); with ITK pinned to one thread (set by the Snakefile) re-runs are byte-identical.
@@ -16,73 +21,47 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 
+from medpipe.core.config import with_defaults
 from medpipe.core.determinism import ants_deterministic
-from medpipe.core.errors import DataError, MedpipeError
-from medpipe.core.geometry import Geometry, check_finite, check_same_grid, geometry_of
-from medpipe.core.io import ants_to_nib, atomic_path, load_nifti, nib_to_ants, save_like
-from medpipe.core.qc import save_checkerboard, save_overlay
+from medpipe.core.errors import ConfigError, DataError
+from medpipe.core.geometry import check_finite, check_same_grid, geometry_of
+from medpipe.core.io import atomic_path, load_nifti, nib_to_ants, save_like
+from medpipe.core.qc import save_checkerboard
 from medpipe.core.sidecar import write_sidecar
 
 logger = logging.getLogger(__name__)
 
-#: Defaults of ``config["preprocess"]["coregister"]``.
-DEFAULTS: dict[str, Any] = {
-    "transform": "Rigid",
-    "metric": "mattes",
-    "iterations": [2100, 1200, 1200, 10],
-    "shrink_factors": [6, 4, 2, 1],
-    "smoothing_sigmas": [3, 2, 1, 0],
-    "sampling_rate": 0.2,
-    "initialization": "moments",
-}
-_TRANSFORMS = ("Rigid", "Affine")
-_METRICS = ("mattes", "MI", "GC", "meansquares")
-_INITIALIZATIONS = ("moments", "geometry", "identity")
-
-
-@dataclass(frozen=True)
-class TemplateTransforms:
-    """Files of a template registration (ANTs conventions)."""
-
-    affine: Path
-    warp: Path
-    inverse_warp: Path
-
-    @property
-    def forward(self) -> list[str]:
-        """Transform list taking subject images into template space (``ants.apply_transforms``)."""
-        return [str(self.warp), str(self.affine)]
-
-    @property
-    def inverse(self) -> list[str]:
-        """Transform list taking template-space images onto the subject grid (with :attr:`inverse_invert`)."""
-        return [str(self.affine), str(self.inverse_warp)]
-
-    #: ``whichtoinvert`` matching :attr:`inverse`.
-    inverse_invert = (True, False)
-
 
 def _settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    merged = {**DEFAULTS, **dict(settings)}
-    if merged["transform"] not in _TRANSFORMS:
-        raise MedpipeError(f"preprocess.coregister.transform must be one of {_TRANSFORMS}, got {merged['transform']!r}")
-    if merged["metric"] not in _METRICS:
-        raise MedpipeError(f"preprocess.coregister.metric must be one of {_METRICS}, got {merged['metric']!r}")
-    if merged["initialization"] not in _INITIALIZATIONS:
-        raise MedpipeError(
-            f"preprocess.coregister.initialization must be one of {_INITIALIZATIONS}, got {merged['initialization']!r}"
-        )
+    """Validated ``preprocess.coregister`` settings with the schema's defaults filled in.
+
+    Parameters
+    ----------
+    settings
+        A partial or complete ``config["preprocess"]["coregister"]``.
+
+    Returns
+    -------
+    dict
+        Every key of the section.
+
+    Raises
+    ------
+    ConfigError
+        Naming the invalid key (unknown key, value not allowed by the schema, or per-level lists of
+        different lengths).
+    """
+    merged = with_defaults(settings, "preprocess", "coregister")
     n = len(merged["iterations"])
     if not len(merged["shrink_factors"]) == len(merged["smoothing_sigmas"]) == n:
-        raise MedpipeError(
+        raise ConfigError(
             "preprocess.coregister: iterations, shrink_factors and smoothing_sigmas need "
             f"the same length, got {merged['iterations']}, {merged['shrink_factors']}, "
             f"{merged['smoothing_sigmas']}"
@@ -90,7 +69,8 @@ def _settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _load_checked(path: str | Path, subject: str) -> nib.Nifti1Image:
+def load_checked(path: str | Path, subject: str) -> nib.Nifti1Image:
+    """Load a 3D NIfTI image, refusing other dimensions and NaN or infinite voxels (:class:`DataError`)."""
     img = load_nifti(path, subject=subject)
     if len(img.shape) != 3:
         raise DataError(f"expected a 3D image, got shape {img.shape}", subject=subject, path=path)
@@ -106,6 +86,8 @@ def _initial_transform(fixed: Any, moving: Any, how: str, workdir: Path) -> list
         return None
     if how == "identity":
         return ["Identity"]
+    if how != "geometry":
+        raise ConfigError(f"preprocess.coregister.initialization: no initial transform for {how!r}")
     centre_f = np.asarray(fixed.origin) + np.asarray(fixed.direction) @ (
         np.asarray(fixed.spacing) * (np.asarray(fixed.shape) - 1) / 2
     )
@@ -138,7 +120,8 @@ def register_linear(
         3D images (any grids; world coordinates are used).
     settings
         ``transform``, ``metric``, ``iterations``, ``shrink_factors``, ``smoothing_sigmas``,
-        ``sampling_rate``, ``initialization`` (see :data:`DEFAULTS`). ``initialization``:
+        ``sampling_rate``, ``initialization`` (defaults and allowed values: the ``preprocess.coregister``
+        section of ``config/schemas/config.schema.yaml``). ``initialization``:
         ``moments`` (ANTs' default) aligns the intensity centres of mass first (robust for MR
         sequences, poor for CT whose air is negative); ``geometry`` aligns the centres of the two
         fields of view; ``identity`` trusts the world coordinates (one session, one frame of reference).
@@ -202,7 +185,7 @@ def coregister(
     subject
         Subject ID (errors, sidecar).
     settings
-        ``config["preprocess"]["coregister"]`` (see :data:`DEFAULTS`).
+        ``config["preprocess"]["coregister"]``; missing keys take the schema's defaults.
     seed
         Seed for ANTs' metric sampling.
 
@@ -211,11 +194,12 @@ def coregister(
     pathlib.Path
         ``out_image``.
     """
-    fixed_img = _load_checked(fixed, subject)
-    moving_img = _load_checked(moving, subject)
+    s = _settings(settings)
+    fixed_img = load_checked(fixed, subject)
+    moving_img = load_checked(moving, subject)
     grid = geometry_of(fixed_img)
     with tempfile.TemporaryDirectory(prefix="medpipe-reg-") as tmp:
-        moved, mat = register_linear(fixed_img, moving_img, settings, seed=seed, workdir=tmp)
+        moved, mat = register_linear(fixed_img, moving_img, s, seed=seed, workdir=tmp)
         with atomic_path(out_transform, suffix=".mat") as dst:
             shutil.copyfile(mat, dst)
     if tuple(moved.shape) != tuple(grid.shape):
@@ -244,12 +228,12 @@ def coregister(
         stage="coregister",
         subject=subject,
         inputs=[moving, fixed],
-        parameters={**_settings(settings), "seed": int(seed)},
+        parameters={**s, "seed": int(seed)},
         geometry=grid,
         packages=["antspyx"],
         extra={"transform_file": Path(out_transform).name},
     )
-    logger.info("co-registered %s to %s (%s)", Path(moving).name, Path(fixed).name, _settings(settings)["transform"])
+    logger.info("co-registered %s to %s (%s)", Path(moving).name, Path(fixed).name, s["transform"])
     return Path(out_image)
 
 
@@ -261,145 +245,6 @@ def apply_transform_to_points(points_ras: np.ndarray, transform: str | Path) -> 
     lps = np.asarray(points_ras, dtype=np.float64) * np.array([-1.0, -1.0, 1.0])
     moved = np.array([tx.apply_to_point(tuple(float(v) for v in p)) for p in lps])
     return moved.reshape(-1, 3) * np.array([-1.0, -1.0, 1.0])
-
-
-def register_to_template(
-    image: str | Path,
-    template: str | Path,
-    out_prefix: str | Path,
-    *,
-    subject: str,
-    seed: int,
-    syn_iterations: Sequence[int] = (40, 20, 0),
-    out_qc: str | Path | None = None,
-) -> TemplateTransforms:
-    """Affine + SyN registration of ``image`` to ``template``; forward and inverse transforms are saved.
-
-    Parameters
-    ----------
-    image
-        Subject image (moving).
-    template
-        Template image (fixed), e.g. an MNI152 T1.
-    out_prefix
-        Prefix of the saved files: ``{prefix}_affine.mat``, ``{prefix}_warp.nii.gz``,
-        ``{prefix}_inversewarp.nii.gz``.
-    subject
-        Subject ID (errors).
-    seed
-        Seed for ANTs' metric sampling.
-    syn_iterations
-        SyN iterations per level (coarse to fine).
-    out_qc
-        Optional checkerboard of template and warped image.
-
-    Returns
-    -------
-    TemplateTransforms
-        Paths of the saved transforms.
-    """
-    import ants
-
-    img = _load_checked(image, subject)
-    tpl = _load_checked(template, subject)
-    prefix = str(out_prefix)
-    files = TemplateTransforms(
-        Path(prefix + "_affine.mat"), Path(prefix + "_warp.nii.gz"), Path(prefix + "_inversewarp.nii.gz")
-    )
-    ants_deterministic(seed)
-    with tempfile.TemporaryDirectory(prefix="medpipe-tpl-") as tmp:
-        result = ants.registration(
-            fixed=nib_to_ants(tpl),
-            moving=nib_to_ants(img),
-            type_of_transform="SyN",
-            reg_iterations=tuple(int(v) for v in syn_iterations),
-            outprefix=str(Path(tmp) / "tpl_"),
-        )
-        fwd = result["fwdtransforms"]
-        inv = result["invtransforms"]
-        sources = {
-            files.warp: next(f for f in fwd if f.endswith("Warp.nii.gz")),
-            files.affine: next(f for f in fwd if f.endswith(".mat")),
-            files.inverse_warp: next(f for f in inv if f.endswith("InverseWarp.nii.gz")),
-        }
-        for dst, src in sources.items():
-            with atomic_path(dst) as tmp_dst:
-                shutil.copyfile(src, tmp_dst)
-        if out_qc is not None:
-            save_checkerboard(
-                np.asarray(tpl.dataobj),
-                result["warpedmovout"].numpy(),
-                out_qc,
-                spacing=geometry_of(tpl).spacing,
-                title=f"sub-{subject}: image on template",
-            )
-    logger.info("registered %s to template %s", Path(image).name, Path(template).name)
-    return files
-
-
-def mask_to_native(
-    mask: str | Path,
-    native: str | Path,
-    transforms: TemplateTransforms,
-    out: str | Path,
-    *,
-    subject: str,
-    out_qc: str | Path | None = None,
-) -> Path:
-    """Bring a template-space mask back onto the subject's native grid (inverse transforms, label-aware).
-
-    Parameters
-    ----------
-    mask
-        Mask on the template grid (integer classes).
-    native
-        Subject image that was registered to the template; the output takes its grid.
-    transforms
-        Result of :func:`register_to_template` for that image.
-    out
-        Output mask (uint8, with sidecar).
-    subject
-        Subject ID.
-    out_qc
-        Optional overlay of the mask on the native image.
-
-    Returns
-    -------
-    pathlib.Path
-        ``out``.
-    """
-    import ants
-
-    native_img = _load_checked(native, subject)
-    mask_img = _load_checked(mask, subject)
-    grid: Geometry = geometry_of(native_img)
-    warped = ants.apply_transforms(
-        fixed=nib_to_ants(native_img),
-        moving=nib_to_ants(mask_img),
-        transformlist=transforms.inverse,
-        whichtoinvert=list(transforms.inverse_invert),
-        interpolator="genericLabel",
-    )
-    data = np.rint(ants_to_nib(warped).get_fdata()).astype(np.uint8)
-    save_like(data, grid, out, dtype=np.uint8)
-    if out_qc is not None:
-        save_overlay(
-            np.asarray(native_img.dataobj),
-            {"mask": data},
-            out_qc,
-            spacing=grid.spacing,
-            title=f"sub-{subject}: template mask in native space",
-        )
-    write_sidecar(
-        out,
-        stage="mask_to_native",
-        subject=subject,
-        inputs=[mask, native, transforms.affine, transforms.inverse_warp],
-        parameters={"interpolator": "genericLabel"},
-        geometry=grid,
-        packages=["antspyx"],
-    )
-    return Path(out)
 
 
 def apply_linear_transform(

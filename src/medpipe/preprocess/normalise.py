@@ -8,6 +8,10 @@ Methods (``settings["method"]``, overridable per sequence in ``settings["per_seq
 * ``ct_window``: clip to ``window_hu`` (default [-1000, 400]) and rescale to [0, 1].
 * ``none``: intensities unchanged.
 
+Defaults and allowed values of the settings are those of the ``preprocess.normalise`` section of
+``config/schemas/config.schema.yaml``; a ``per_sequence`` entry is either a method name or a mapping
+overriding any of ``method``, ``percentiles``, ``window_hu`` and ``interpolation`` for that sequence.
+
 WhiteStripe is not offered: the ``intensity-normalization`` package is not installed and no other
 installed library provides it.
 
@@ -20,14 +24,15 @@ every sequence (co-registration writes on the fixed grid), so all channels share
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from medpipe.core.errors import DataError, MedpipeError
+from medpipe.core.config import with_defaults
+from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.geometry import check_finite, check_same_grid, geometry_of
 from medpipe.core.io import load_nifti, save_like
 from medpipe.core.qc import save_histogram
@@ -36,30 +41,81 @@ from medpipe.core.sidecar import write_sidecar
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("zscore", "percentile", "ct_window", "none")
-#: Defaults of ``config["preprocess"]["normalise"]``.
-DEFAULTS: dict[str, Any] = {
-    "method": "zscore",
-    "percentiles": [0.5, 99.5],
-    "window_hu": [-1000.0, 400.0],
-    "interpolation": "bspline",
-    "per_sequence": {},
-}
-
 
 def resolve_settings(settings: Mapping[str, Any], sequence: str | None) -> dict[str, Any]:
-    """Defaults, overlaid by ``settings``, overlaid by ``settings["per_sequence"][sequence]``."""
-    merged = {**DEFAULTS, **dict(settings)}
-    override = dict((merged.get("per_sequence") or {}).get(sequence, {})) if sequence else {}
-    merged = {**merged, **override}
-    merged.pop("per_sequence", None)
-    if merged["method"] not in METHODS:
-        raise MedpipeError(f"preprocess.normalise.method must be one of {METHODS}, got {merged['method']!r}")
-    if merged["interpolation"] not in ("linear", "bspline"):
-        raise MedpipeError(
-            f"preprocess.normalise.interpolation must be 'linear' or 'bspline', got {merged['interpolation']!r}"
-        )
-    return merged
+    """Schema defaults, overlaid by ``settings``, overlaid by ``settings["per_sequence"][sequence]``.
+
+    Parameters
+    ----------
+    settings
+        A partial or complete ``config["preprocess"]["normalise"]``.
+    sequence
+        Sequence name whose ``per_sequence`` entry (a method name or a mapping of keys) applies; ``None`` for none.
+
+    Returns
+    -------
+    dict
+        The settings of that sequence, without ``per_sequence``.
+
+    Raises
+    ------
+    ConfigError
+        Naming an invalid key (unknown key or a value the schema does not allow).
+    """
+    merged = with_defaults(settings, "preprocess", "normalise")
+    override = merged.pop("per_sequence").get(sequence, {}) if sequence else {}
+    if isinstance(override, str):
+        override = {"method": override}
+    return {**merged, **override}
+
+
+def _zscore(
+    x: npt.NDArray[np.float64], inside: npt.NDArray[np.float64], settings: Mapping[str, Any], **where: Any
+) -> npt.NDArray[np.float64]:
+    """``(x - mean) / sd`` with mean and SD over the mask (``where``: subject and path named in errors)."""
+    sd = float(inside.std())
+    if sd <= 0:
+        raise DataError("intensities are constant inside the mask; z-score is undefined", **where)
+    out: npt.NDArray[np.float64] = (x - float(inside.mean())) / sd
+    return out
+
+
+def _percentile(
+    x: npt.NDArray[np.float64], inside: npt.NDArray[np.float64], settings: Mapping[str, Any], **where: Any
+) -> npt.NDArray[np.float64]:
+    """Clip to the ``percentiles`` of the voxels in the mask and rescale to [0, 1]."""
+    lo, hi = np.percentile(inside, [float(v) for v in settings["percentiles"]])
+    if hi <= lo:
+        raise DataError(f"percentiles {settings['percentiles']} coincide ({lo:.4g}); cannot rescale", **where)
+    out: npt.NDArray[np.float64] = (np.clip(x, lo, hi) - lo) / (hi - lo)
+    return out
+
+
+def _ct_window(
+    x: npt.NDArray[np.float64], inside: npt.NDArray[np.float64], settings: Mapping[str, Any], **where: Any
+) -> npt.NDArray[np.float64]:
+    """Clip to ``window_hu`` and rescale to [0, 1]."""
+    lo, hi = (float(v) for v in settings["window_hu"])
+    if hi <= lo:
+        raise ConfigError(f"window_hu must be [low, high] with low < high, got {settings['window_hu']}")
+    out: npt.NDArray[np.float64] = (np.clip(x, lo, hi) - lo) / (hi - lo)
+    return out
+
+
+def _unchanged(
+    x: npt.NDArray[np.float64], inside: npt.NDArray[np.float64], settings: Mapping[str, Any], **where: Any
+) -> npt.NDArray[np.float64]:
+    """Intensities unchanged (``method: none``)."""
+    return x
+
+
+#: Normalisation per value of ``preprocess.normalise.method`` (keys: the schema's enum, checked by the tests).
+METHODS: dict[str, Callable[..., npt.NDArray[np.float64]]] = {
+    "zscore": _zscore,
+    "percentile": _percentile,
+    "ct_window": _ct_window,
+    "none": _unchanged,
+}
 
 
 def normalise_array(
@@ -70,34 +126,19 @@ def normalise_array(
     subject: str | None = None,
     path: str | Path | None = None,
 ) -> npt.NDArray[np.float32]:
-    """Normalise ``data`` with statistics over ``mask > 0`` (see the module docstring for methods)."""
+    """Normalise ``data`` with statistics over ``mask > 0`` (see the module docstring for methods).
+
+    ``settings`` are resolved ones (:func:`resolve_settings`).
+
+    Raises
+    ------
+    DataError
+        When the method is undefined for the intensities inside the mask (constant for ``zscore``,
+        coinciding percentiles for ``percentile``).
+    """
     x = np.asarray(data, dtype=np.float64)
     inside = x[np.asarray(mask) > 0]
-    method = settings["method"]
-    if method == "zscore":
-        sd = float(inside.std())
-        if sd <= 0:
-            raise DataError(
-                "intensities are constant inside the mask; z-score is undefined", subject=subject, path=path
-            )
-        out = (x - float(inside.mean())) / sd
-    elif method == "percentile":
-        lo, hi = np.percentile(inside, [float(v) for v in settings["percentiles"]])
-        if hi <= lo:
-            raise DataError(
-                f"percentiles {settings['percentiles']} coincide ({lo:.4g}); cannot rescale",
-                subject=subject,
-                path=path,
-            )
-        out = (np.clip(x, lo, hi) - lo) / (hi - lo)
-    elif method == "ct_window":
-        lo, hi = (float(v) for v in settings["window_hu"])
-        if hi <= lo:
-            raise MedpipeError(f"window_hu must be [low, high] with low < high, got {settings['window_hu']}")
-        out = (np.clip(x, lo, hi) - lo) / (hi - lo)
-    else:
-        out = x
-    return out.astype(np.float32)
+    return METHODS[settings["method"]](x, inside, settings, subject=subject, path=path).astype(np.float32)
 
 
 def normalise_image(
@@ -126,7 +167,7 @@ def normalise_image(
     subject
         Subject ID (errors, sidecar).
     settings
-        ``config["preprocess"]["normalise"]`` (see :data:`DEFAULTS`).
+        ``config["preprocess"]["normalise"]``; missing keys take the schema's defaults.
     target_spacing_mm
         ``config["preprocess"]["target_spacing_mm"]``; ``None`` keeps the native grid.
     sequence

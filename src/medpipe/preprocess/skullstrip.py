@@ -8,12 +8,15 @@ Methods (``settings["method"]``):
   CSF; ``erode_mm`` removes voxels whose centre lies within that distance (mm, voxel spacing
   respected) of the nearest non-brain voxel, which matches BET-style masks (see the benchmark).
 * ``none``: every voxel is "brain" (non-brain data, e.g. body MRI or CT).
+
+Defaults and allowed values of the settings are those of the ``preprocess.skullstrip`` section of
+``config/schemas/config.schema.yaml``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +24,14 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
-from medpipe.core.errors import DataError, MedpipeError
+from medpipe.core.config import with_defaults
+from medpipe.core.errors import DataError
 from medpipe.core.geometry import check_finite, check_same_grid, geometry_of
 from medpipe.core.io import load_nifti, save_like
 from medpipe.core.qc import save_overlay
 from medpipe.core.sidecar import write_sidecar
 
 logger = logging.getLogger(__name__)
-
-#: Defaults of ``config["preprocess"]["skullstrip"]``.
-DEFAULTS: dict[str, Any] = {"method": "deepbet", "threshold": 0.5, "erode_mm": 1.0, "device": "cpu"}
-METHODS = ("deepbet", "none")
 
 
 def deepbet_mask(
@@ -72,6 +72,23 @@ def deepbet_mask(
     return mask.astype(np.uint8)
 
 
+def _deepbet(img: nib.Nifti1Image, s: Mapping[str, Any]) -> npt.NDArray[np.uint8]:
+    """Mask of ``method: deepbet`` with the ``threshold``, ``erode_mm`` and ``device`` of ``s``."""
+    return deepbet_mask(img, threshold=s["threshold"], erode_mm=s["erode_mm"], device=s["device"])
+
+
+def _whole_image(img: nib.Nifti1Image, s: Mapping[str, Any]) -> npt.NDArray[np.uint8]:
+    """Mask of ``method: none``: every voxel."""
+    return np.ones(geometry_of(img).shape, dtype=np.uint8)
+
+
+#: Brain mask per value of ``preprocess.skullstrip.method`` (keys: the schema's enum, checked by the tests).
+METHODS: dict[str, Callable[[nib.Nifti1Image, Mapping[str, Any]], npt.NDArray[np.uint8]]] = {
+    "deepbet": _deepbet,
+    "none": _whole_image,
+}
+
+
 def skull_strip(
     image: str | Path, out_mask: str | Path, out_qc: str | Path, *, subject: str, settings: Mapping[str, Any]
 ) -> Path:
@@ -89,7 +106,7 @@ def skull_strip(
         Subject ID (errors, sidecar).
     settings
         ``config["preprocess"]["skullstrip"]``: ``method`` (``deepbet`` | ``none``),
-        ``threshold``, ``erode_mm``, ``device`` (see :data:`DEFAULTS`).
+        ``threshold``, ``erode_mm``, ``device``; missing keys take the schema's defaults.
 
     Returns
     -------
@@ -98,27 +115,22 @@ def skull_strip(
 
     Raises
     ------
+    ConfigError
+        Naming an invalid settings key.
     DataError
         NaN voxels in the image, or an empty mask.
     """
-    s = {**DEFAULTS, **dict(settings)}
-    if s["method"] not in METHODS:
-        raise MedpipeError(
-            f"preprocess.skullstrip.method must be one of {METHODS}, got {s['method']!r}", subject=subject
-        )
+    s = with_defaults(settings, "preprocess", "skullstrip")
     img = load_nifti(image, subject=subject)
     if len(img.shape) != 3:
         raise DataError(f"skull stripping needs a 3D image, got shape {img.shape}", subject=subject, path=image)
     data = np.asarray(img.dataobj, dtype=np.float32)
     check_finite(data, subject=subject, path=image)
     grid = geometry_of(img)
-    if s["method"] == "none":
-        mask = np.ones(grid.shape, dtype=np.uint8)
-    else:
-        try:
-            mask = deepbet_mask(img, threshold=s["threshold"], erode_mm=s["erode_mm"], device=s["device"])
-        except DataError as exc:
-            raise DataError(str(exc), subject=subject, path=image) from exc
+    try:
+        mask = METHODS[s["method"]](img, s)
+    except DataError as exc:
+        raise DataError(str(exc), subject=subject, path=image) from exc
     if not mask.any():
         raise DataError(
             f"brain mask is empty (method {s['method']}); is this a head image?", subject=subject, path=image

@@ -30,8 +30,8 @@ import SimpleITK as sitk
 import yaml
 
 from medpipe.core.errors import ConfigError, DataError
-from medpipe.core.geometry import Geometry, check_same_grid
-from medpipe.core.io import write_tsv
+from medpipe.core.geometry import check_same_grid
+from medpipe.core.io import read_sitk, sitk_geometry, write_tsv
 from medpipe.core.sidecar import sha256_file
 from medpipe.radiomics.ibsi import IBSI_MAP, ibsi_values
 from medpipe.radiomics.ibsi_extractor import BIN_START_KEY, IbsiFeatureExtractor
@@ -107,27 +107,6 @@ def settings_hash(params: Mapping[str, Any], ibsi: IbsiSettings) -> str:
     """Short sha256 of the canonical JSON of all extraction settings (first 16 hex digits)."""
     blob = json.dumps({"pyradiomics": params, "medpipe": ibsi.__dict__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def read_image(path: str | Path, *, subject: str | None = None) -> sitk.Image:
-    """Read a 3D image (NIfTI, NRRD, ...) with SimpleITK, raising :class:`DataError` naming the file."""
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise DataError(f"cannot read image: {exc}", subject=subject, path=path) from exc
-    if img.GetDimension() != 3:
-        raise DataError(f"expected a 3D image, got {img.GetDimension()}D", subject=subject, path=path)
-    return img
-
-
-def sitk_geometry(img: sitk.Image) -> Geometry:
-    """:class:`Geometry` (RAS+ affine) of a SimpleITK image."""
-    m = np.eye(4)
-    m[:3, :3] = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3) * np.asarray(img.GetSpacing())
-    m[:3, 3] = img.GetOrigin()
-    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ m
-    size = img.GetSize()
-    return Geometry((int(size[0]), int(size[1]), int(size[2])), ras)
 
 
 def compute_features(
@@ -266,8 +245,8 @@ def extract_features(
         Radiomics params YAML (pyradiomics params + optional ``medpipe`` IBSI section).
     """
     params, ibsi = load_params(params_file)
-    img = read_image(image, subject=subject)
-    msk = read_image(mask, subject=subject)
+    img = read_sitk(image, subject=subject)
+    msk = read_sitk(mask, subject=subject)
     check_same_grid(
         sitk_geometry(img),
         sitk_geometry(msk),
@@ -292,12 +271,7 @@ def extract_features(
         len(table),
         int((table["ibsi_code"] != "").sum()),
     )
-    return write_table(table, out_tsv)
-
-
-def write_table(table: pd.DataFrame, out: str | Path) -> Path:
-    """Write a TSV atomically with full float precision (byte-identical on re-runs)."""
-    return write_tsv(table, out)
+    return write_tsv(table, out_tsv)
 
 
 def collect(tables: Iterable[str | Path], out: str | Path, out_plot: str | Path | None = None) -> Path:
@@ -328,4 +302,4 @@ def collect(tables: Iterable[str | Path], out: str | Path, out_plot: str | Path 
         from medpipe.radiomics.figures import save_feature_overview
 
         save_feature_overview(table, out_plot)
-    return write_table(table, out)
+    return write_tsv(table, out)

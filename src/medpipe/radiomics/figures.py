@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from medpipe.core.io import atomic_path
+from medpipe.core.config import allowed_values
+from medpipe.core.io import save_png
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ def save_feature_overview(table: pd.DataFrame, out: str | Path) -> Path:
         PNG to write.
     """
     names = [f for f in KEY_FEATURES if f in set(table["feature"])]
-    sources = [s for s in ("human", "auto") if s in set(table["source"])] or sorted(set(table["source"]))
+    sources = [s for s in allowed_values("radiomics", "sources") if s in set(table["source"])] or sorted(
+        set(table["source"])
+    )
     fig, axes = plt.subplots(1, max(len(names), 1), figsize=(2.4 * max(len(names), 1), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=False):
         wide = (
@@ -68,9 +71,6 @@ def save_feature_overview(table: pd.DataFrame, out: str | Path) -> Path:
         axes[0][0].set_axis_off()
     fig.suptitle(f"Radiomics: key features of {table['subject'].nunique()} subjects by mask source", fontsize=9)
     fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, metadata={"Software": None})
-    plt.close(fig)
+    save_png(fig, out, dpi=90)
     logger.info("radiomics overview: %d features, sources %s", len(names), sources)
-    return out
+    return Path(out)

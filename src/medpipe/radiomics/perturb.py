@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,10 +38,11 @@ from medpipe.core.sidecar import write_sidecar
 
 logger = logging.getLogger(__name__)
 
-Perturbation = Literal["erode", "dilate", "shift", "noise"]
-#: Perturbations of the mask (the image is used as is).
+#: The perturbations this module implements: of the mask (:func:`perturb_array`; the image is used as is) and
+#: of the image (:func:`perturb_image`; the human mask is used as is). Together they are exactly the schema's
+#: ``radiomics.perturbations`` enum, the one list of allowed names (tests/radiomics/test_perturb.py checks it).
 MASK_PERTURBATIONS: tuple[str, ...] = ("erode", "dilate", "shift")
-PERTURBATIONS: tuple[str, ...] = (*MASK_PERTURBATIONS, "noise")
+IMAGE_PERTURBATIONS: tuple[str, ...] = ("noise",)
 
 _FACES = ndimage.generate_binary_structure(3, 1)
 

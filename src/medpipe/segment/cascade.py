@@ -3,6 +3,7 @@
 The coarse network sees the whole image downsampled by ``coarse_factor``; its foreground, brought
 back to the full grid, gives a bounding box (plus ``margin_vox``) in which the fine network runs.
 The fine probabilities are pasted back into a full-size map that is background elsewhere.
+For training, :class:`CoarseBatches` holds the downsampled training volumes of the coarse stage.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import logging
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch.nn import functional
+
+from medpipe.segment.data import Case
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +71,45 @@ def paste(
     out[:, 0] = 1.0
     out[:, :, roi[0], roi[1], roi[2]] = crop_probs
     return out
+
+
+def _pads(shape: Sequence[int], target: Sequence[int]) -> list[int]:
+    """``functional.pad`` widths that pad ``shape`` at the high end of each axis to ``target``."""
+    out: list[int] = []
+    for s, t in zip(reversed(list(shape)), reversed(list(target)), strict=True):
+        out += [0, t - s]
+    return out
+
+
+class CoarseBatches:
+    """Whole downsampled volumes (cascade stage 1), padded to one shape, drawn with random mirrors.
+
+    Parameters
+    ----------
+    cases
+        Training cases (those without a label are skipped).
+    factor
+        Downsampling factor (``model.cascade.coarse_factor``).
+    div
+        Per-axis multiples the downsampled volumes are padded to (the network's total stride).
+    """
+
+    def __init__(self, cases: Sequence[Case], factor: int, div: Sequence[int]) -> None:
+        pairs = [
+            downsample(torch.from_numpy(c.image)[None], torch.from_numpy(c.label)[None], factor, div)
+            for c in cases
+            if c.label is not None
+        ]
+        shape = [max(p[0].shape[2 + a] for p in pairs) for a in range(3)]
+        self.images = torch.cat([functional.pad(i, _pads(i.shape[2:], shape)) for i, _ in pairs])
+        self.labels = torch.cat(
+            [functional.pad(lab, _pads(lab.shape[2:], shape)) for _, lab in pairs if lab is not None]
+        )
+
+    def draw(self, idx: Sequence[int], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The volumes ``idx``, each axis flipped with probability 0.5 (three draws from ``rng``)."""
+        x, y = self.images[list(idx)], self.labels[list(idx)]
+        for axis in range(3):
+            if rng.random() < 0.5:
+                x, y = torch.flip(x, [axis + 2]), torch.flip(y, [axis + 2])
+        return x, y

@@ -1,170 +1,41 @@
-"""Inference: sliding windows with Gaussian blending, mirror TTA, fold ensembles and uncertainty.
+"""Inference: fold ensembles, prediction files and the per-case uncertainty record.
 
-Each *member* of the ensemble is one (model, mirror) pair; its softmax map comes from MONAI
-:func:`~monai.inferers.sliding_window_inference` (``mode="gaussian"``, configurable ``overlap``).
+Each *member* of the ensemble is one (model, mirror) pair; its softmax map comes from
+:func:`medpipe.segment.sliding.model_members` (Gaussian sliding windows, mirror TTA, cascade).
 The prediction is the argmax of the mean probability. Uncertainty per voxel is the entropy of the
 mean probability divided by ``log(classes)`` (0 = certain, 1 = uniform); the per-case score is
 its mean over the voxels any member calls foreground, and the case is flagged for review when the
 score exceeds ``infer.uncertainty_threshold``, when the members' masks agree less than
-``infer.min_agreement`` (mean Dice to the consensus), or when nothing is found.
+``infer.min_agreement`` (mean Dice to the consensus), or when nothing is found. The verdict is
+written as a :class:`medpipe.core.records.UncertaintyRecord`, the record the review list reads.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from monai.inferers import sliding_window_inference
 
 from medpipe.core.errors import DataError, MedpipeError
-from medpipe.core.io import atomic_path, save_like
-from medpipe.core.sidecar import write_json, write_sidecar
-from medpipe.segment import cascade
+from medpipe.core.geometry import Geometry
+from medpipe.core.io import save_like
+from medpipe.core.records import UncertaintyRecord, write_uncertainty
+from medpipe.core.sidecar import write_sidecar
 from medpipe.segment.data import load_image_stack
-from medpipe.segment.model import build_network, divisor
+from medpipe.segment.model import SEG_PACKAGES, SegModel, load_model, pick_device
 from medpipe.segment.settings import resolve_settings
+from medpipe.segment.sliding import model_members
 
 logger = logging.getLogger(__name__)
 
-MODEL_FORMAT = "medpipe-seg-1"
-SEG_PACKAGES = ("torch", "monai")
-
-
-@dataclass
-class SegModel:
-    """A trained model: its networks (``fine``, plus ``coarse`` for a cascade) and metadata."""
-
-    nets: dict[str, torch.nn.Module]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        """Segmentation settings the model was trained with."""
-        return dict(self.meta["settings"])
-
-
-def pick_device(prefer_cuda: bool = True) -> torch.device:
-    """CUDA when available (and wanted), otherwise CPU."""
-    return torch.device("cuda" if prefer_cuda and torch.cuda.is_available() else "cpu")
-
-
-def autocast(device: torch.device, enabled: bool) -> Any:
-    """bf16 (or fp16) autocast on CUDA; a no-op context on CPU."""
-    if device.type != "cuda" or not enabled:
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-def build_nets(settings: Mapping[str, Any], in_channels: int) -> dict[str, torch.nn.Module]:
-    """Networks of the configured architecture (``fine``; ``coarse`` too for a cascade)."""
-    model = settings["model"]
-    n_classes = int(settings["num_classes"])
-    nets = {"fine": build_network(model, in_channels, n_classes)}
-    if model["architecture"] == "cascade":
-        nets["coarse"] = build_network(model, in_channels, n_classes)
-    return nets
-
-
-def save_model(path: str | Path, nets: Mapping[str, torch.nn.Module], meta: Mapping[str, Any]) -> Path:
-    """Write networks + metadata atomically as one torch file (loadable with ``weights_only=True``)."""
-    payload = {
-        "format": MODEL_FORMAT,
-        "meta": dict(meta),
-        "state": {name: net.state_dict() for name, net in nets.items()},
-    }
-    # Through a file handle: torch.save(payload, tmp) would record the random temporary name inside
-    # the zip archive and the file would differ on every run.
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        torch.save(payload, fh)
-    return Path(path)
-
-
-def load_model(path: str | Path, device: torch.device | None = None, *, subject: str | None = None) -> SegModel:
-    """Read a model written by :func:`save_model`, rebuilt on ``device`` in evaluation mode."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for unreadable files
-        raise MedpipeError(f"cannot read model file: {exc}", subject=subject, path=path) from exc
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise MedpipeError(
-            f"not a medpipe segmentation model (expected format {MODEL_FORMAT})", subject=subject, path=path
-        )
-    meta = payload["meta"]
-    nets = build_nets(meta["settings"], int(meta["in_channels"]))
-    for name, net in nets.items():
-        net.load_state_dict(payload["state"][name])
-        net.to(device or torch.device("cpu")).eval()
-    return SegModel(nets, meta)
-
-
-def mirror_axes(architecture: str, tta: bool) -> list[tuple[int, ...]]:
-    """Spatial axes flipped by each TTA member (``()`` = identity); slice-wise nets flip in-plane only."""
-    if not tta:
-        return [()]
-    axes = (0, 1) if architecture == "unet2d" else (0, 1, 2)
-    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
-
-
-@torch.no_grad()
-def sliding_probabilities(
-    net: torch.nn.Module,
-    image: torch.Tensor,
-    settings: Mapping[str, Any],
-    flip: tuple[int, ...] = (),
-    amp: bool = False,
-) -> torch.Tensor:
-    """Softmax ``(1, K, X, Y, Z)`` of ``net`` on ``image`` ``(1, C, X, Y, Z)`` by Gaussian sliding windows."""
-    infer = settings["infer"]
-    dims = [a + 2 for a in flip]
-    x = torch.flip(image, dims) if dims else image
-    with autocast(image.device, amp):
-        logits = sliding_window_inference(
-            x,
-            roi_size=[int(p) for p in settings["train"]["patch_size"]],
-            sw_batch_size=int(infer["sw_batch_size"]),
-            predictor=net,
-            overlap=float(infer["overlap"]),
-            mode=str(infer["mode"]),
-        )
-    probs = torch.softmax(torch.as_tensor(logits).float(), dim=1)
-    return torch.flip(probs, dims) if dims else probs
-
-
-@torch.no_grad()
-def model_members(
-    model: SegModel, image: torch.Tensor, infer: Mapping[str, Any], amp: bool = False
-) -> list[torch.Tensor]:
-    """Probability maps ``(1, K, X, Y, Z)`` of every mirror of one model (cascade handled)."""
-    settings = {**model.settings, "infer": {**model.settings["infer"], **dict(infer)}}
-    arch = settings["model"]["architecture"]
-    flips = mirror_axes(arch, bool(settings["infer"]["tta"]))
-    fine = model.nets["fine"]
-    if arch != "cascade":
-        return [sliding_probabilities(fine, image, settings, f, amp) for f in flips]
-    casc = settings["model"]["cascade"]
-    coarse = cascade.coarse_probabilities(
-        model.nets["coarse"], image, int(casc["coarse_factor"]), divisor(settings["model"])
-    )
-    roi = cascade.roi_from_probabilities(coarse, int(casc["margin_vox"]))
-    if roi is None:
-        logger.warning("cascade: the coarse stage found no foreground; the fine stage runs on the whole image")
-        roi = (slice(None), slice(None), slice(None))
-    logger.info("cascade region of interest: %s", [(s.start, s.stop) for s in roi])
-    crop = image[:, :, roi[0], roi[1], roi[2]]
-    n_classes = int(settings["num_classes"])
-    return [
-        cascade.paste(image.shape[2:], n_classes, roi, sliding_probabilities(fine, crop, settings, f, amp))
-        for f in flips
-    ]
+#: An image to write: array, file dtype and the extra facts of its sidecar.
+_Map = tuple[npt.NDArray[Any], type[np.generic], dict[str, Any] | None]
 
 
 def uncertainty_summary(
@@ -172,8 +43,31 @@ def uncertainty_summary(
     member_fg: Sequence[npt.NDArray[np.bool_]],
     infer: Mapping[str, Any],
     spacing: Sequence[float],
-) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
-    """Voxel-wise normalised entropy and the per-case score / review flag (see module docstring)."""
+    *,
+    subject: str,
+) -> tuple[npt.NDArray[np.float32], UncertaintyRecord]:
+    """Voxel-wise normalised entropy and the per-case uncertainty record (see module docstring).
+
+    Parameters
+    ----------
+    mean_probs
+        Mean probability ``(K, X, Y, Z)`` over the members.
+    member_fg
+        Foreground mask ``(X, Y, Z)`` of every member.
+    infer
+        ``segmentation.infer`` (``uncertainty_threshold``, ``min_agreement``).
+    spacing
+        Voxel size (mm), for the predicted volume.
+    subject
+        Subject ID recorded in the record.
+
+    Returns
+    -------
+    entropy : numpy.ndarray
+        Normalised entropy ``(X, Y, Z)``, float32 in [0, 1].
+    record : medpipe.core.records.UncertaintyRecord
+        Score, agreement, flag and reasons.
+    """
     k = mean_probs.shape[0]
     p = np.clip(mean_probs, 1e-8, 1.0)
     entropy = (-(p * np.log(p)).sum(axis=0) / np.log(k)).astype(np.float32)
@@ -192,15 +86,126 @@ def uncertainty_summary(
         reasons.append(f"ensemble agreement (Dice) {agreement:.3f} < {infer['min_agreement']}")
     if not consensus.any():
         reasons.append("no foreground predicted")
-    summary = {
-        "uncertainty_score": round(score, 6),
-        "member_agreement_dice": round(agreement, 6),
-        "n_members": len(member_fg),
-        "predicted_volume_mm3": round(float(consensus.sum()) * float(np.prod(spacing)), 3),
-        "flag_for_review": bool(reasons),
-        "reasons": reasons,
-    }
-    return entropy, summary
+    record = UncertaintyRecord(
+        subject=subject,
+        score=round(score, 6),
+        threshold=float(infer["uncertainty_threshold"]),
+        flag=bool(reasons),
+        reasons=tuple(reasons),
+        agreement=round(agreement, 6),
+        min_agreement=float(infer["min_agreement"]),
+        n_members=len(member_fg),
+        predicted_volume_mm3=round(float(consensus.sum()) * float(np.prod(spacing)), 3),
+    )
+    return entropy, record
+
+
+@dataclass
+class _Ensemble:
+    """Mean probability of every member of every model, and each member's foreground."""
+
+    mean_probs: npt.NDArray[np.float32]
+    member_fg: list[npt.NDArray[np.bool_]]
+    n_classes: int
+
+
+def _check_channels(seg: SegModel, n_images: int, model_path: str | Path, images: Sequence[str], subject: str) -> None:
+    """Raise :class:`DataError` unless the case has as many images as the model has input channels."""
+    n_in = int(seg.meta["in_channels"])
+    if n_images != n_in:
+        raise DataError(
+            f"{n_images} input images given but model {Path(model_path).name} was trained on "
+            f"{n_in} channels {seg.meta.get('sequences', '')}",
+            subject=subject,
+            path=images[0],
+        )
+
+
+def _ensemble(
+    paths: Sequence[str | Path],
+    image: torch.Tensor,
+    infer: Mapping[str, Any],
+    *,
+    images: Sequence[str],
+    subject: str,
+) -> _Ensemble:
+    """Run every model of ``paths`` (all mirrors each) on ``image`` and average the probabilities.
+
+    Parameters
+    ----------
+    paths
+        ``model.pt`` files (one or an ensemble of folds).
+    image
+        The case ``(1, C, X, Y, Z)`` on the device the models are loaded on.
+    infer
+        ``segmentation.infer`` of the run (overrides the models' own).
+    images, subject
+        The case's image files and subject ID (error messages).
+
+    Returns
+    -------
+    _Ensemble
+        Mean probability ``(K, X, Y, Z)`` (float32, on the CPU) and the members' foreground masks.
+    """
+    sum_probs: torch.Tensor | None = None
+    member_fg: list[npt.NDArray[np.bool_]] = []
+    n_classes = 0
+    for path in paths:
+        seg = load_model(path, image.device, subject=subject)
+        _check_channels(seg, int(image.shape[1]), path, images, subject)
+        n_classes = int(seg.settings["num_classes"])
+        amp = bool(seg.settings["train"].get("amp", True))
+        for probs in model_members(seg, image, infer, amp):
+            sum_probs = probs if sum_probs is None else sum_probs + probs
+            member_fg.append((probs[0].argmax(dim=0) > 0).cpu().numpy())
+    if sum_probs is None:
+        raise MedpipeError("no model given", subject=subject)
+    mean_probs = (sum_probs[0] / len(member_fg)).cpu().numpy().astype(np.float32)
+    return _Ensemble(mean_probs, member_fg, n_classes)
+
+
+def _write_maps(
+    maps: Mapping[Path, _Map],
+    geom: Geometry,
+    *,
+    subject: str,
+    inputs: Sequence[str | Path],
+    params: Mapping[str, Any],
+) -> None:
+    """Write each image of ``maps`` (path -> (array, dtype, sidecar extra)) on ``geom`` with its sidecar."""
+    for path, (array, dtype, extra) in maps.items():
+        save_like(array, geom, path, dtype=dtype)
+        write_sidecar(
+            path,
+            stage="predict",
+            subject=subject,
+            inputs=list(inputs),
+            parameters=dict(params),
+            geometry=geom,
+            packages=SEG_PACKAGES,
+            extra=extra,
+        )
+
+
+def _write_qc(
+    first_channel: npt.NDArray[np.float32],
+    pred: npt.NDArray[np.uint8],
+    entropy: npt.NDArray[np.float32],
+    record: UncertaintyRecord,
+    geom: Geometry,
+    out_qc: str | Path,
+) -> None:
+    """PNG of the first channel with the predicted mask and the uncertain voxels (entropy > 0.5)."""
+    from medpipe.core.qc import save_overlay
+
+    flag = ", flagged for review" if record.flag else ""
+    save_overlay(
+        first_channel,
+        {"automatic": pred > 0, "uncertain": entropy > 0.5},
+        out_qc,
+        spacing=geom.spacing,
+        title=f"sub-{record.subject}: prediction, uncertainty {record.score:.3f}{flag}",
+    )
 
 
 def predict_case(
@@ -228,7 +233,8 @@ def predict_case(
         Softmax probabilities (4D, float32, last axis = class) and argmax labels (uint8), on the
         input grid, each with a sidecar.
     out_uncertainty
-        JSON with the uncertainty score, ensemble agreement and the review flag.
+        The :class:`medpipe.core.records.UncertaintyRecord` (JSON): uncertainty score, ensemble
+        agreement, the review flag and its reasons.
     subject
         Subject ID (messages and sidecars).
     settings
@@ -239,87 +245,38 @@ def predict_case(
         Optional PNG: first channel with the predicted mask and the uncertain voxels (entropy > 0.5).
     threads
         CPU threads for torch.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_pred``.
     """
     if threads:
         torch.set_num_threads(int(threads))
     infer = resolve_settings(settings)["infer"]
     paths = [model] if isinstance(model, str | Path) else list(model)
-    device = pick_device()
     data, geom = load_image_stack(list(images), subject=subject)
-    image = torch.from_numpy(data)[None].to(device)
-    sum_probs: torch.Tensor | None = None
-    member_fg: list[npt.NDArray[np.bool_]] = []
-    n_classes = 0
-    for path in paths:
-        seg = load_model(path, device, subject=subject)
-        n_in, n_classes = int(seg.meta["in_channels"]), int(seg.settings["num_classes"])
-        if data.shape[0] != n_in:
-            raise DataError(
-                f"{data.shape[0]} input images given but model {Path(path).name} was trained on "
-                f"{n_in} channels {seg.meta.get('sequences', '')}",
-                subject=subject,
-                path=images[0],
-            )
-        amp = bool(seg.settings["train"].get("amp", True))
-        for probs in model_members(seg, image, infer, amp):
-            sum_probs = probs if sum_probs is None else sum_probs + probs
-            member_fg.append((probs[0].argmax(dim=0) > 0).cpu().numpy())
-    if sum_probs is None:
-        raise MedpipeError("no model given", subject=subject)
-    mean_probs = (sum_probs[0] / len(member_fg)).cpu().numpy().astype(np.float32)
-    pred = mean_probs.argmax(axis=0).astype(np.uint8)
-    entropy, summary = uncertainty_summary(mean_probs, member_fg, infer, geom.spacing)
-    params = {"infer": infer, "models": [Path(p).parent.name + "/" + Path(p).name for p in paths]}
-    save_like(np.moveaxis(mean_probs, 0, -1), geom, out_prob, dtype=np.float32)
-    write_sidecar(
-        out_prob,
-        stage="predict",
-        subject=subject,
-        inputs=[*images, *paths],
-        parameters=params,
-        geometry=geom,
-        packages=SEG_PACKAGES,
-        extra={"classes": list(range(n_classes))},
-    )
-    save_like(pred, geom, out_pred, dtype=np.uint8)
-    write_sidecar(
-        out_pred,
-        stage="predict",
-        subject=subject,
-        inputs=[*images, *paths],
-        parameters=params,
-        geometry=geom,
-        packages=SEG_PACKAGES,
-    )
+    image = torch.from_numpy(data)[None].to(pick_device())
+    ens = _ensemble(paths, image, infer, images=images, subject=subject)
+    pred = ens.mean_probs.argmax(axis=0).astype(np.uint8)
+    entropy, record = uncertainty_summary(ens.mean_probs, ens.member_fg, infer, geom.spacing, subject=subject)
+    maps: dict[Path, _Map] = {
+        Path(out_prob): (np.moveaxis(ens.mean_probs, 0, -1), np.float32, {"classes": list(range(ens.n_classes))}),
+        Path(out_pred): (pred, np.uint8, None),
+    }
     if out_uncertainty_map is not None:
-        save_like(entropy, geom, out_uncertainty_map, dtype=np.float32)
-        write_sidecar(
-            out_uncertainty_map,
-            stage="predict",
-            subject=subject,
-            inputs=[*images, *paths],
-            parameters=params,
-            geometry=geom,
-            packages=SEG_PACKAGES,
-        )
-    write_json({"subject": subject, **summary}, out_uncertainty)
+        maps[Path(out_uncertainty_map)] = (entropy, np.float32, None)
+    params = {"infer": infer, "models": [Path(p).parent.name + "/" + Path(p).name for p in paths]}
+    _write_maps(maps, geom, subject=subject, inputs=[*images, *paths], params=params)
+    write_uncertainty(record, out_uncertainty)
     if out_qc is not None:
-        from medpipe.core.qc import save_overlay
-
-        flag = ", flagged for review" if summary["flag_for_review"] else ""
-        save_overlay(
-            data[0],
-            {"automatic": pred > 0, "uncertain": entropy > 0.5},
-            out_qc,
-            spacing=geom.spacing,
-            title=f"sub-{subject}: prediction, uncertainty {summary['uncertainty_score']:.3f}{flag}",
-        )
+        _write_qc(data[0], pred, entropy, record, geom, out_qc)
     logger.info(
         "subject %s: %d members, foreground %.0f mm3, uncertainty %.3f%s",
         subject,
-        summary["n_members"],
-        summary["predicted_volume_mm3"],
-        summary["uncertainty_score"],
-        " -> flagged for review" if summary["flag_for_review"] else "",
+        record.n_members,
+        record.predicted_volume_mm3,
+        record.score,
+        " -> flagged for review" if record.flag else "",
     )
     return Path(out_pred)

@@ -1,4 +1,7 @@
-"""Networks: MONAI DynUNet (3D or slice-wise 2D) with optional squeeze-and-excitation blocks.
+"""Networks and model files: MONAI DynUNet (3D or slice-wise 2D) with optional squeeze-and-excitation blocks.
+
+This module is shared by training and inference (:mod:`.train` writes a model with :func:`save_model`,
+:mod:`.infer` reads it with :func:`load_model`); it imports neither of them.
 
 Everything is built from MONAI blocks: :class:`monai.networks.nets.DynUNet` supplies the U-Net
 (plain or residual units, deep supervision heads) and :class:`monai.networks.blocks.ChannelSELayer`
@@ -13,6 +16,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,11 +26,16 @@ from monai.networks.blocks import ChannelSELayer, ResidualSELayer
 from monai.networks.nets import DynUNet
 from torch import nn
 
-from medpipe.core.errors import ConfigError
+from medpipe.core.errors import ConfigError, MedpipeError
+from medpipe.core.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("unet3d", "unet2d", "cascade")
+#: ``format`` tag of a model file written by :func:`save_model`.
+MODEL_FORMAT = "medpipe-seg-1"
+#: Packages whose versions the sidecars of the train and predict outputs record.
+SEG_PACKAGES = ("torch", "monai")
 
 
 class _UpWithSE(nn.Module):
@@ -202,3 +213,71 @@ def check_patch_size(model: Mapping[str, Any], patch: Sequence[int], what: str =
             f"segmentation.train.{what} {list(patch)} must have 3 entries that are multiples of "
             f"the total stride: {', '.join(bad)}"
         )
+
+
+@dataclass
+class SegModel:
+    """A trained model: its networks (``fine``, plus ``coarse`` for a cascade) and metadata."""
+
+    nets: dict[str, torch.nn.Module]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Segmentation settings the model was trained with."""
+        return dict(self.meta["settings"])
+
+
+def pick_device(prefer_cuda: bool = True) -> torch.device:
+    """CUDA when available (and wanted), otherwise CPU."""
+    return torch.device("cuda" if prefer_cuda and torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device, enabled: bool) -> Any:
+    """bf16 (or fp16) autocast on CUDA; a no-op context on CPU."""
+    if device.type != "cuda" or not enabled:
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def build_nets(settings: Mapping[str, Any], in_channels: int) -> dict[str, torch.nn.Module]:
+    """Networks of the configured architecture (``fine``; ``coarse`` too for a cascade)."""
+    model = settings["model"]
+    n_classes = int(settings["num_classes"])
+    nets = {"fine": build_network(model, in_channels, n_classes)}
+    if model["architecture"] == "cascade":
+        nets["coarse"] = build_network(model, in_channels, n_classes)
+    return nets
+
+
+def save_model(path: str | Path, nets: Mapping[str, torch.nn.Module], meta: Mapping[str, Any]) -> Path:
+    """Write networks + metadata atomically as one torch file (loadable with ``weights_only=True``)."""
+    payload = {
+        "format": MODEL_FORMAT,
+        "meta": dict(meta),
+        "state": {name: net.state_dict() for name, net in nets.items()},
+    }
+    # Through a file handle: torch.save(payload, tmp) would record the random temporary name inside
+    # the zip archive and the file would differ on every run.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+    return Path(path)
+
+
+def load_model(path: str | Path, device: torch.device | None = None, *, subject: str | None = None) -> SegModel:
+    """Read a model written by :func:`save_model`, rebuilt on ``device`` in evaluation mode."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for unreadable files
+        raise MedpipeError(f"cannot read model file: {exc}", subject=subject, path=path) from exc
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise MedpipeError(
+            f"not a medpipe segmentation model (expected format {MODEL_FORMAT})", subject=subject, path=path
+        )
+    meta = payload["meta"]
+    nets = build_nets(meta["settings"], int(meta["in_channels"]))
+    for name, net in nets.items():
+        net.load_state_dict(payload["state"][name])
+        net.to(device or torch.device("cpu")).eval()
+    return SegModel(nets, meta)

@@ -1,66 +1,43 @@
-"""Defaults of ``config["segmentation"]`` and their merge with the user's settings."""
+"""Settings of ``config["segmentation"]``: validated, with the defaults of the config schema filled in.
+
+The defaults live in one place, the ``segmentation`` section of ``config/schemas/config.schema.yaml``
+(read through :func:`medpipe.core.config.with_defaults`), so code called outside Snakemake (tests,
+benchmarks) runs with the same settings as a workflow run.
+"""
 
 from __future__ import annotations
 
 import copy
+import functools
+import sys
 from collections.abc import Mapping
 from typing import Any
 
-#: Every key the segmentation engine reads, with its default (mirrors config/config.yaml).
-DEFAULTS: dict[str, Any] = {
-    "folds": 2,
-    "val_fraction": 0.0,
-    "num_classes": 2,
-    "model": {
-        "architecture": "unet3d",
-        "channels": [8, 16, 32, 64],
-        "strides": [2, 2, 2],
-        "num_res_units": 1,
-        "squeeze_excitation": True,
-        "se_reduction": 2,
-        "dropout": 0.0,
-        "deep_supervision": 0,
-        "cascade": {"coarse_factor": 2, "margin_vox": 8},
-    },
-    "loss": {"name": "dice_ce", "class_weights": None, "focal_gamma": 2.0, "boundary_weight": [0.01, 0.5]},
-    "train": {
-        "epochs": 20,
-        "iterations_per_epoch": 16,
-        "batch_size": 2,
-        "patch_size": [32, 32, 32],
-        "foreground_ratio": 0.67,
-        "learning_rate": 0.003,
-        "weight_decay": 1e-5,
-        "amp": True,
-        "augment": True,
-        "val_every": 5,
-        "init_checkpoint": None,
-        "freeze_encoder": False,
-        "keep_checkpoint": False,
-    },
-    "augment": {
-        "flip": 0.5,
-        "affine": 0.3,
-        "rotate_deg": 15.0,
-        "scale": 0.1,
-        "elastic": 0.0,
-        "gamma": 0.2,
-        "noise": 0.15,
-        "blur": 0.1,
-    },
-    "infer": {
-        "overlap": 0.5,
-        "mode": "gaussian",
-        "tta": True,
-        "sw_batch_size": 2,
-        "uncertainty_threshold": 0.35,
-        "min_agreement": 0.8,
-    },
-}
+from medpipe.core.config import with_defaults
+
+#: The config section these settings come from.
+SECTION = "segmentation"
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
+def _interned(value: Any) -> Any:
+    """``value`` with its keys and strings interned, as they would be had they been written in the code."""
+    if isinstance(value, dict):
+        return {sys.intern(k): _interned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interned(v) for v in value]
+    return sys.intern(value) if isinstance(value, str) else value
+
+
+@functools.cache
+def _schema_defaults() -> dict[str, Any]:
+    """Every default of the schema's ``segmentation`` section, in the schema's key order."""
+    defaults: dict[str, Any] = _interned(with_defaults({}, SECTION))
+    return defaults
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep copy of ``base`` with ``over`` merged in (mappings recursively, other values replaced)."""
+    out = copy.deepcopy(dict(base))
     for key, value in over.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
@@ -70,8 +47,28 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def resolve_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Return ``settings`` completed with :data:`DEFAULTS` (``loss: "dice_ce"`` shorthand accepted)."""
+    """Validate ``settings`` and fill in the schema's defaults.
+
+    Parameters
+    ----------
+    settings
+        ``config["segmentation"]``, complete or partial (``None``: all defaults). The shorthand
+        ``loss: "dice_ce"`` stands for ``loss: {name: dice_ce}``.
+
+    Returns
+    -------
+    dict
+        A new dict holding every key the segmentation engine reads, in the schema's key order.
+
+    Raises
+    ------
+    medpipe.core.errors.ConfigError
+        Naming every key the schema refuses (unknown keys, wrong types or values).
+    """
     user = dict(settings or {})
     if isinstance(user.get("loss"), str):
         user["loss"] = {"name": user["loss"]}
-    return _merge(DEFAULTS, user)
+    with_defaults(user, SECTION)  # validation: raises on any key or value the schema refuses
+    # The result is pickled into model.pt, where key order and shared strings are part of the bytes: the
+    # defaults (schema order, interned strings) are the base and the user's values replace theirs.
+    return _merge(_schema_defaults(), user)

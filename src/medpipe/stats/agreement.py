@@ -10,9 +10,13 @@ Definitions (per feature, over the subjects that have both sources):
   95 % CIs (Shrout & Fleiss 1979; McGraw & Wong 1996).
 * Bland–Altman: mean difference ``b - a`` and limits of agreement ``mean ± 1.96 SD`` (SD with N - 1).
 
+Settings left as ``None`` (``cutoff``, ``n_boot``, ``min_subjects``) take the schema defaults of the
+``stats:`` section (:func:`stats_setting`).
+
 Degenerate cases are explicit, in the ``status`` column, never silent NaN:
 
-* ``too_few_subjects``: fewer than :data:`MIN_SUBJECTS` complete pairs; no statistic is computed.
+* ``too_few_subjects``: fewer than ``min_subjects`` (config ``stats.min_subjects``) complete pairs; no
+  statistic is computed.
 * ``constant``: the feature takes one value for every subject within each source. ICC is
   undefined (0 / 0) and left NaN; CCC is reported as 1 when both sources give the same constant and
   0 otherwise. Such a feature cannot separate subjects, so it is excluded from the retention
@@ -22,6 +26,7 @@ Degenerate cases are explicit, in the ``status`` column, never silent NaN:
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Iterator
@@ -33,18 +38,36 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from medpipe.core.config import with_defaults
 from medpipe.core.errors import DataError
 from medpipe.core.io import save_png, write_tsv
 
 logger = logging.getLogger(__name__)
 
-#: Fewest complete subject pairs for which agreement statistics are computed.
-MIN_SUBJECTS = 3
-
 #: Order of the feature classes in the retention table (the seed study's table).
 CLASSES = ("shape", "first-order", "texture", "wavelet", "LoG")
 
 FloatArray = npt.NDArray[np.float64]
+#: ``stats:`` keys behind the arguments of this module and of :mod:`medpipe.stats.robustness`.
+_SETTING_KEYS = {"cutoff": "ccc_cutoff", "n_boot": "bootstrap", "min_subjects": "min_subjects"}
+
+
+@functools.cache
+def _stats_defaults() -> dict[str, Any]:
+    return with_defaults({}, "stats")
+
+
+def stats_setting(name: str, value: Any) -> Any:
+    """``value``, or when it is ``None`` the schema default of the ``stats:`` key behind argument ``name``.
+
+    Parameters
+    ----------
+    name
+        ``cutoff`` (``stats.ccc_cutoff``), ``n_boot`` (``stats.bootstrap``) or ``min_subjects``.
+    value
+        The value given by the caller, or ``None``.
+    """
+    return _stats_defaults()[_SETTING_KEYS[name]] if value is None else value
 
 
 def lin_ccc(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
@@ -74,9 +97,10 @@ def _ccc_rows(x: FloatArray, y: FloatArray) -> FloatArray:
 
 
 def ccc_bootstrap_ci(
-    a: npt.ArrayLike, b: npt.ArrayLike, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    a: npt.ArrayLike, b: npt.ArrayLike, *, n_boot: int | None = None, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of Lin's CCC, resampling subjects (pairs) with replacement."""
+    n_boot = int(stats_setting("n_boot", n_boot))
     x = np.asarray(a, dtype=float)
     y = np.asarray(b, dtype=float)
     if x.size < 2 or n_boot < 1:
@@ -105,16 +129,18 @@ def _unrounded_pingouin() -> Iterator[None]:
         pg.options["round.column.CI95"] = old
 
 
-def icc(ratings: npt.ArrayLike) -> dict[str, float]:
+def icc(ratings: npt.ArrayLike, *, min_subjects: int | None = None) -> dict[str, float]:
     """ICC(2,1) and ICC(3,1) with 95 % CIs for an ``n_subjects x n_raters`` matrix (pingouin).
 
+    At least ``min_subjects`` rows are needed (``None``: config ``stats.min_subjects``).
     Returns keys ``icc21, icc21_ci_low, icc21_ci_high, icc31, icc31_ci_low, icc31_ci_high``.
     """
     import pingouin as pg
 
+    least = int(stats_setting("min_subjects", min_subjects))
     r = np.asarray(ratings, dtype=float)
-    if r.ndim != 2 or r.shape[0] < MIN_SUBJECTS or r.shape[1] < 2:
-        raise ValueError(f"need >= {MIN_SUBJECTS} subjects x >= 2 raters, got shape {r.shape}")
+    if r.ndim != 2 or r.shape[0] < least or r.shape[1] < 2:
+        raise ValueError(f"need >= {least} subjects x >= 2 raters, got shape {r.shape}")
     n, k = r.shape
     long = pd.DataFrame({"target": np.repeat(np.arange(n), k), "rater": np.tile(np.arange(k), n), "rating": r.ravel()})
     with _unrounded_pingouin(), warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -154,9 +180,17 @@ def feature_group(image_type: str, feature_class: str) -> str:
 
 
 def agreement(
-    a: npt.ArrayLike, b: npt.ArrayLike, *, cutoff: float = 0.80, n_boot: int = 1000, seed: int = 0
+    a: npt.ArrayLike,
+    b: npt.ArrayLike,
+    *,
+    cutoff: float | None = None,
+    n_boot: int | None = None,
+    seed: int = 0,
+    min_subjects: int | None = None,
 ) -> dict[str, Any]:
     """All agreement statistics of one feature (paired values of two sources over subjects)."""
+    cutoff = float(stats_setting("cutoff", cutoff))
+    least = int(stats_setting("min_subjects", min_subjects))
     x = np.asarray(a, dtype=float)
     y = np.asarray(b, dtype=float)
     nan = float("nan")
@@ -180,7 +214,7 @@ def agreement(
         "loa_high",
     )
     row.update(dict.fromkeys(keys, nan))
-    if x.size < MIN_SUBJECTS:
+    if x.size < least:
         return {**row, "status": "too_few_subjects", "reproducible": False}
     row["mean_diff"], row["loa_low"], row["loa_high"] = bland_altman(x, y)
     if np.all(x == x[0]) and np.all(y == y[0]):
@@ -189,7 +223,7 @@ def agreement(
         return {**row, "status": "constant", "reproducible": False}
     row["ccc"] = lin_ccc(x, y)
     row["ccc_ci_low"], row["ccc_ci_high"] = ccc_bootstrap_ci(x, y, n_boot=n_boot, seed=seed)
-    row.update(icc(np.column_stack([x, y])))
+    row.update(icc(np.column_stack([x, y]), min_subjects=least))
     return {**row, "status": "ok", "reproducible": bool(row["ccc"] >= cutoff)}
 
 
@@ -218,17 +252,23 @@ def reproducibility_table(
     *,
     source_a: str = "human",
     source_b: str = "auto",
-    cutoff: float = 0.80,
-    n_boot: int = 1000,
+    cutoff: float | None = None,
+    n_boot: int | None = None,
     seed: int = 0,
+    min_subjects: int | None = None,
 ) -> pd.DataFrame:
     """Agreement statistics of every feature between two mask sources (one row per feature)."""
+    cutoff = float(stats_setting("cutoff", cutoff))
+    n_boot = int(stats_setting("n_boot", n_boot))
+    least = int(stats_setting("min_subjects", min_subjects))
     pairs = paired_values(features, source_a, source_b)
     records = []
     for (feature, image_type, feature_class, code), group in pairs.groupby(
         ["feature", "image_type", "feature_class", "ibsi_code"], sort=True, dropna=False
     ):
-        stats = agreement(group["a"].to_numpy(), group["b"].to_numpy(), cutoff=cutoff, n_boot=n_boot, seed=seed)
+        stats = agreement(
+            group["a"].to_numpy(), group["b"].to_numpy(), cutoff=cutoff, n_boot=n_boot, seed=seed, min_subjects=least
+        )
         records.append(
             {
                 "feature": feature,
@@ -305,9 +345,10 @@ def reproducibility_report(
     *,
     source_a: str = "human",
     source_b: str = "auto",
-    cutoff: float = 0.80,
-    n_boot: int = 1000,
+    cutoff: float | None = None,
+    n_boot: int | None = None,
     seed: int = 0,
+    min_subjects: int | None = None,
 ) -> Path:
     """Per-feature agreement between two mask sources, retention per class, and the CCC plot.
 
@@ -320,18 +361,28 @@ def reproducibility_report(
     source_a, source_b
         Mask sources compared (reference first); differences are ``b - a``.
     cutoff
-        A feature is reproducible when its CCC >= cutoff.
+        A feature is reproducible when its CCC >= cutoff (``None``: config ``stats.ccc_cutoff``).
     n_boot, seed
-        Bootstrap resamples of the CCC CI and their seed (deterministic).
+        Bootstrap resamples of the CCC CI (``None``: config ``stats.bootstrap``) and their seed (deterministic).
+    min_subjects
+        Fewest subjects with both sources for which statistics are computed (``None``: config
+        ``stats.min_subjects``).
 
     Returns
     -------
     Path
         ``out_table``.
     """
+    cutoff = float(stats_setting("cutoff", cutoff))
     features = read_features(features_tsv)
     table = reproducibility_table(
-        features, source_a=source_a, source_b=source_b, cutoff=cutoff, n_boot=n_boot, seed=seed
+        features,
+        source_a=source_a,
+        source_b=source_b,
+        cutoff=cutoff,
+        n_boot=n_boot,
+        seed=seed,
+        min_subjects=min_subjects,
     )
     retention = retention_by_class(table)
     n_subjects = int(table["n"].max()) if len(table) else 0

@@ -22,7 +22,14 @@ import pandas as pd
 
 from medpipe.core.errors import DataError
 from medpipe.core.io import save_png, write_tsv
-from medpipe.stats.agreement import CLASSES, MIN_SUBJECTS, icc, read_features, reproducibility_table, retention_by_class
+from medpipe.stats.agreement import (
+    CLASSES,
+    icc,
+    read_features,
+    reproducibility_table,
+    retention_by_class,
+    stats_setting,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +37,7 @@ _KEYS = ["feature", "image_type", "feature_class", "class", "ibsi_code"]
 _PER_PERTURBATION = ["ccc", "ccc_ci_low", "ccc_ci_high", "icc31", "icc21", "mean_diff", "status", "reproducible"]
 
 
-def _icc_all(features: pd.DataFrame, sources: Sequence[str]) -> pd.DataFrame:
+def _icc_all(features: pd.DataFrame, sources: Sequence[str], *, min_subjects: int) -> pd.DataFrame:
     """ICC(3,1) / ICC(2,1) of every feature with all ``sources`` as raters (complete subjects only)."""
     rows = features[(features["kind"] == "pyradiomics") & features["source"].isin(sources)]
     wide = rows.pivot_table(index=["feature", "subject"], columns="source", values="value", aggfunc="first")
@@ -39,8 +46,8 @@ def _icc_all(features: pd.DataFrame, sources: Sequence[str]) -> pd.DataFrame:
     for feature, part in wide.groupby(level="feature", sort=True):
         ratings = part.to_numpy(dtype=float)
         record: dict[str, object] = {"feature": feature, "n_all": len(ratings)}
-        if len(ratings) >= MIN_SUBJECTS and not np.all(ratings == ratings[0, 0]):
-            record.update({f"{k}_all": v for k, v in icc(ratings).items()})
+        if len(ratings) >= min_subjects and not np.all(ratings == ratings[0, 0]):
+            record.update({f"{k}_all": v for k, v in icc(ratings, min_subjects=min_subjects).items()})
         records.append(record)
     return pd.DataFrame.from_records(records)
 
@@ -50,9 +57,10 @@ def robustness_tables(
     *,
     reference: str = "human",
     perturbations: Sequence[str],
-    cutoff: float = 0.80,
-    n_boot: int = 1000,
+    cutoff: float | None = None,
+    n_boot: int | None = None,
     seed: int = 0,
+    min_subjects: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-feature robustness table and per-class retention (long: one block per perturbation + all).
 
@@ -64,8 +72,9 @@ def robustness_tables(
         Mask source the perturbations were made from.
     perturbations
         Perturbed mask sources (``erode``, ``dilate``, ``shift``).
-    cutoff, n_boot, seed
-        CCC cutoff and its bootstrap (as in :func:`medpipe.stats.agreement.reproducibility_table`).
+    cutoff, n_boot, seed, min_subjects
+        CCC cutoff, its bootstrap and the fewest subjects (as in
+        :func:`medpipe.stats.agreement.reproducibility_table`; ``None``: the config ``stats:`` defaults).
 
     Returns
     -------
@@ -75,10 +84,17 @@ def robustness_tables(
     """
     if not perturbations:
         raise DataError("no mask perturbations configured (radiomics.perturbations)")
+    least = int(stats_setting("min_subjects", min_subjects))
     parts, blocks = [], []
     for name in perturbations:
         table = reproducibility_table(
-            features, source_a=reference, source_b=name, cutoff=cutoff, n_boot=n_boot, seed=seed
+            features,
+            source_a=reference,
+            source_b=name,
+            cutoff=cutoff,
+            n_boot=n_boot,
+            seed=seed,
+            min_subjects=least,
         )
         blocks.append(retention_by_class(table).assign(perturbation=name))
         parts.append(table[_KEYS + _PER_PERTURBATION].rename(columns={c: f"{c}_{name}" for c in _PER_PERTURBATION}))
@@ -89,7 +105,8 @@ def robustness_tables(
     )
     merged["robust"] = ok & reproducible
     if len(perturbations) >= 2:
-        merged = merged.merge(_icc_all(features, [reference, *perturbations]), on="feature", how="left")
+        icc_all = _icc_all(features, [reference, *perturbations], min_subjects=least)
+        merged = merged.merge(icc_all, on="feature", how="left")
     combined = merged[_KEYS].assign(
         status=np.where(ok, "ok", "not_evaluable_for_every_perturbation"),
         reproducible=merged["robust"],
@@ -134,20 +151,30 @@ def robustness_report(
     *,
     reference: str = "human",
     perturbations: Sequence[str],
-    cutoff: float = 0.80,
-    n_boot: int = 1000,
+    cutoff: float | None = None,
+    n_boot: int | None = None,
     seed: int = 0,
+    min_subjects: int | None = None,
 ) -> Path:
     """Write the per-feature robustness TSV, the per-class retention TSV and its bar chart.
+
+    Arguments as in :func:`robustness_tables`; ``None`` takes the config ``stats:`` default.
 
     Returns
     -------
     Path
         ``out_table``.
     """
+    cutoff = float(stats_setting("cutoff", cutoff))
     features = read_features(features_tsv)
     table, by_class = robustness_tables(
-        features, reference=reference, perturbations=perturbations, cutoff=cutoff, n_boot=n_boot, seed=seed
+        features,
+        reference=reference,
+        perturbations=perturbations,
+        cutoff=cutoff,
+        n_boot=n_boot,
+        seed=seed,
+        min_subjects=min_subjects,
     )
     all_rows = by_class[by_class["class"] == "all"]
     logger.info(

@@ -1,0 +1,166 @@
+"""Per-case records that one stage writes and another reads: defined once, here.
+
+The uncertainty record of the predict stage, ``results/predict/sub-X/sub-X_uncertainty.json``, is
+written by :func:`medpipe.segment.infer.predict_case` and read by the review list
+(:mod:`medpipe.audit.review`). Its JSON keys are the fields of :class:`UncertaintyRecord`::
+
+    {"subject": "X", "score": 0.41, "threshold": 0.35, "flag": true,
+     "reasons": ["mean uncertainty 0.410 > 0.35"], "agreement": 0.93, "min_agreement": 0.8,
+     "n_members": 8, "predicted_volume_mm3": 5123.0}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from medpipe.core.errors import DataError
+from medpipe.core.sidecar import write_json
+
+#: File-name ending of an uncertainty record (``sub-X_uncertainty.json``).
+UNCERTAINTY_SUFFIX = "_uncertainty.json"
+_SUB_IN_NAME = re.compile(r"^sub-([A-Za-z0-9]+)_")
+
+
+def uncertainty_path(results_dir: str | Path, subject: str) -> Path:
+    """Where the predict stage writes the uncertainty record of ``subject`` under ``results_dir``."""
+    return Path(results_dir) / UncertaintyRecord.stage / f"sub-{subject}" / f"sub-{subject}{UNCERTAINTY_SUFFIX}"
+
+
+def is_uncertainty_record(path: str | Path) -> bool:
+    """Whether ``path`` is named like an uncertainty record."""
+    return Path(path).name.endswith(UNCERTAINTY_SUFFIX)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class UncertaintyRecord:
+    """The predict stage's verdict on one case: uncertainty score and whether a human should look.
+
+    Attributes
+    ----------
+    subject
+        Subject ID.
+    score
+        Mean voxel-wise normalised entropy (0 = certain, 1 = uniform) over the predicted foreground.
+    threshold
+        ``segmentation.infer.uncertainty_threshold`` the score was compared with.
+    flag
+        ``True`` when the case is flagged for review (then ``reasons`` says why).
+    reasons
+        Human-readable reasons for the flag (empty when not flagged).
+    agreement
+        Mean Dice of the ensemble/TTA members' masks to the consensus mask.
+    min_agreement
+        ``segmentation.infer.min_agreement`` the agreement was compared with.
+    n_members
+        Number of ensemble members (models x mirrors).
+    predicted_volume_mm3
+        Volume of the predicted foreground.
+    """
+
+    stage: ClassVar[str] = "predict"
+
+    subject: str
+    score: float
+    threshold: float
+    flag: bool
+    reasons: tuple[str, ...] = ()
+    agreement: float | None = None
+    min_agreement: float | None = None
+    n_members: int | None = None
+    predicted_volume_mm3: float | None = None
+
+    @property
+    def reason(self) -> str:
+        """The reasons as one line (``""`` when there are none)."""
+        return "; ".join(self.reasons)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (the keys are the field names)."""
+        data = asdict(self)
+        data["reasons"] = list(self.reasons)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, *, subject: str | None = None, path: str | Path | None = None) -> UncertaintyRecord:
+        """Rebuild a record from :meth:`to_json` output.
+
+        Parameters
+        ----------
+        data
+            The decoded JSON object. ``score``, ``threshold`` and ``flag`` are required; the other
+            fields may be absent (records written by other tools).
+        subject
+            Subject ID used when ``data`` names none (e.g. taken from the file name).
+        path
+            The file ``data`` came from (error messages).
+
+        Raises
+        ------
+        DataError
+            When ``data`` is not an object or a required field is missing or of the wrong type.
+        """
+        if not isinstance(data, Mapping):
+            raise DataError("uncertainty record is not a JSON object", subject=subject, path=path)
+        score, threshold, flag = _number(data.get("score")), _number(data.get("threshold")), data.get("flag")
+        name = str(data.get("subject") or subject or "")
+        bad = [k for k, ok in (("score", score is not None), ("threshold", threshold is not None)) if not ok]
+        bad += [] if isinstance(flag, bool) else ["flag"]
+        bad += [] if name else ["subject"]
+        reasons = data.get("reasons") or []
+        if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+            bad.append("reasons")
+        if bad or score is None or threshold is None:
+            hint = "; written by an older medpipe: re-run the predict stage" if "flag_for_review" in data else ""
+            raise DataError(
+                f"uncertainty record lacks valid {', '.join(bad)} (keys: {sorted(data)}){hint}",
+                subject=subject,
+                path=path,
+            )
+        members = data.get("n_members")
+        return cls(
+            subject=name,
+            score=score,
+            threshold=threshold,
+            flag=bool(flag),
+            reasons=tuple(reasons),
+            agreement=_number(data.get("agreement")),
+            min_agreement=_number(data.get("min_agreement")),
+            n_members=int(members) if isinstance(members, int) and not isinstance(members, bool) else None,
+            predicted_volume_mm3=_number(data.get("predicted_volume_mm3")),
+        )
+
+
+def write_uncertainty(record: UncertaintyRecord, path: str | Path) -> Path:
+    """Write ``record`` as sorted, indented JSON, atomically."""
+    return write_json(record.to_json(), path)
+
+
+def read_uncertainty(path: str | Path) -> UncertaintyRecord:
+    """Read a record written by :func:`write_uncertainty` (the subject may also come from the file name).
+
+    Raises
+    ------
+    DataError
+        Naming the file when it cannot be read or is not an uncertainty record.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read uncertainty record: {exc}", path=path) from exc
+    return UncertaintyRecord.from_json(data, subject=subject_from_name(path), path=path)
+
+
+def subject_from_name(path: str | Path) -> str | None:
+    """The subject ID in a ``sub-X_...`` file name, or ``None``."""
+    match = _SUB_IN_NAME.match(Path(path).name)
+    return match.group(1) if match else None
