@@ -26,6 +26,7 @@ include: "rules/postprocess.smk"
 include: "rules/evaluate.smk"
 include: "rules/radiomics.smk"
 include: "rules/stats.smk"
+include: "rules/signature.smk"
 include: "rules/audit.smk"
 
 

@@ -9,6 +9,7 @@ from medpipe.core.records import uncertainty_path
 from medpipe.core.resources import estimate_mem_mb
 from medpipe.radiomics.perturb import MASK_PERTURBATIONS
 from medpipe.segment.split import assign_folds
+from medpipe.signature.stage import check_signature_config
 
 SCHEMAS = Path(workflow.basedir) / "config" / "schemas"
 
@@ -29,6 +30,13 @@ N_FOLDS = config["segmentation"]["folds"]
 SOURCES = [s for s in config["radiomics"]["sources"] if s == "auto" or LABELLED]
 # Perturbed copies of the human mask (robustness analysis); each is one more radiomics mask source.
 PERTURBATIONS = list(config["radiomics"]["perturbations"]) if LABELLED else []
+# Outcome models (signature stage); the outcome table is validated at start like the subject sheet.
+OUTCOMES = config["signature"]["outcomes"]
+SIGNATURE_SOURCES = list(config["signature"]["sources"]) if OUTCOMES else []
+if OUTCOMES:
+    check_signature_config(
+        config["signature"], subjects=SUBJECTS, labelled=LABELLED, sources=[*SOURCES, *PERTURBATIONS]
+    )
 
 
 def _workflow_path(path):
@@ -206,6 +214,17 @@ def get_uncertainty_files(wildcards):
     return [str(uncertainty_path("results", s)) for s in SUBJECTS]
 
 
+def get_signature_inputs(wildcards):
+    """Feature table, outcome table and (for signature.preselect) the stats tables that restrict the features."""
+    inputs = {"features": "results/radiomics/features.tsv", "outcomes": OUTCOMES}
+    how = config["signature"]["preselect"]
+    if how in ("reproducible", "reproducible_and_robust"):
+        inputs["reproducibility"] = "results/stats/reproducibility.tsv"
+    if how in ("robust", "reproducible_and_robust"):
+        inputs["robustness"] = "results/stats/robustness.tsv"
+    return inputs
+
+
 def get_signoff(wildcards):
     """The reviewer sign-off file (config review.signoff) as an input, so editing it re-makes the review page."""
     signoff = config["review"]["signoff"]
@@ -227,6 +246,9 @@ def get_final_outputs(wildcards=None):
         outs += ["results/stats/reproducibility.tsv"]
     if PERTURBATIONS and len(LABELLED) >= config["stats"]["min_subjects"]:
         outs += ["results/stats/robustness.tsv"]
+    if OUTCOMES:
+        outs += [f"results/signature/source-{s}/model.json" for s in SIGNATURE_SOURCES]
+        outs += ["results/signature/comparison.tsv"] if config["signature"]["compare"] else []
     return outs
 
 

@@ -205,3 +205,25 @@ def test_flagged_uncertainty_records_are_in_the_review_list(tiny_run: Path) -> N
     assert "flagged_cases.html" in html
     for subject in listed:
         assert f"sub-{subject}" in embedded or subject in embedded, f"{subject} flagged but not in the report"
+
+
+def test_outcome_models_compare_human_and_automatic_masks(tiny_run: Path) -> None:
+    """Signature stage: one CV model per mask source on the same subjects, DeLong comparison in the report."""
+    outcomes = pd.read_csv(tiny_run / "resources/demo/truth/outcomes.tsv", sep="\t", dtype={"subject": str})
+    oof = {
+        s: pd.read_csv(tiny_run / f"results/signature/source-{s}/oof.tsv", sep="\t", dtype={"subject": str})
+        for s in ("human", "auto")
+    }
+    for table in oof.values():
+        assert sorted(table["subject"]) == sorted(outcomes["subject"])
+        merged = table.merge(outcomes, on="subject")
+        assert (merged["outcome"] == merged["response"]).all()
+        assert table["probability"].between(0, 1).all()
+    comparison = pd.read_csv(tiny_run / "results/signature/comparison.tsv", sep="\t")
+    row = comparison.iloc[0]
+    assert (row["source_a"], row["source_b"]) == ("human", "auto")
+    assert 0 <= row["p"] <= 1 and " vs " in row["text"] and "P " in row["text"]
+    model = json.loads((tiny_run / "results/signature/source-auto/model.json").read_text())
+    assert model["n_subjects"] == len(outcomes) and model["n_events"] == int(outcomes["response"].sum())
+    html = (tiny_run / "results/report.html").read_text(errors="replace")
+    assert "8. Outcome models" in html and "comparison.tsv" in html

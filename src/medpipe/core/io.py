@@ -67,6 +67,19 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 NA_REP = "NA"
 
 
+def read_feature_table(path: str | Path) -> pd.DataFrame:
+    """The long radiomics feature table (``results/radiomics/features.tsv``) as the radiomics stage wrote it.
+
+    Subject IDs and IBSI codes stay text, :data:`NA_REP` is the only missing value. Read by the stats and
+    signature stages (one reader for the one writer, :func:`medpipe.radiomics.extract.collect`).
+    """
+    import pandas as pd
+
+    return pd.read_csv(
+        path, sep="\t", keep_default_na=False, na_values=[NA_REP], dtype={"subject": str, "ibsi_code": str}
+    )
+
+
 def write_tsv(table: pd.DataFrame, path: str | Path, *, na_rep: str = NA_REP, float_format: str | None = None) -> Path:
     """Write a table as TSV atomically (byte-identical re-runs).
 

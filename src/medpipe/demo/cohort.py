@@ -6,6 +6,7 @@ Layout under the output folder (``resources/demo`` by default)::
     truth/demoNN/                           brainmask, lesion, lesion_parts, biasfield_{T1w,T2w},
                                             T1w_clean (NIfTI + sidecars), t2w_to_t1w_rigid.json,
                                             subject.json (every drawn parameter)
+    truth/outcomes.tsv                      simulated binary outcome (medpipe.demo.outcome)
     labels/demoNN_lesion.nii.gz             the "human" label (= truth lesion)
     subjects.tsv                            subject sheet: subject, dicom, label
     phi.json                                every planted PHI string
@@ -33,6 +34,7 @@ from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.io import atomic_path
 from medpipe.core.sidecar import package_versions, sha256_file, write_json
 from medpipe.demo.dicom_series import FOV_CENTRE_MM, FOV_MM, make_grid
+from medpipe.demo.outcome import write_outcomes
 from medpipe.demo.subject import PHI_TOKEN, generate_subject
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ MANIFEST = "demo_manifest.json"
 MARKER = ".medpipe_demo"
 OWNED = ("dicom", "truth", "labels")
 #: Bump when the generated content changes for the same settings.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: truth/outcomes.tsv (simulated outcome)
 
 
 def _default(key: str) -> Any:
@@ -206,6 +208,7 @@ def generate_demo_cohort(out_dir: str | Path, settings: DemoSettings, *, force: 
     phi: dict[str, dict[str, str]] = {}
     for index, subject in enumerate(subjects, start=1):
         phi[subject] = generate_subject(template, grid, index, settings.seed, staging, uid_key).phi
+    write_outcomes(staging / "truth", subjects, settings.seed)
     for name in OWNED:
         shutil.rmtree(out / name, ignore_errors=True)
         os.replace(staging / name, out / name)

@@ -40,7 +40,7 @@ import pandas as pd
 
 from medpipe.core.config import with_defaults
 from medpipe.core.errors import DataError
-from medpipe.core.io import save_png, write_tsv
+from medpipe.core.io import read_feature_table, save_png, write_tsv
 
 logger = logging.getLogger(__name__)
 
@@ -331,10 +331,8 @@ def plot_ccc(table: pd.DataFrame, out: str | Path, *, cutoff: float, title: str)
 
 
 def read_features(features_tsv: str | Path) -> pd.DataFrame:
-    """The long feature table of :func:`medpipe.radiomics.extract.collect` (IDs and IBSI codes kept as text)."""
-    return pd.read_csv(
-        features_tsv, sep="\t", keep_default_na=False, na_values=["NA"], dtype={"subject": str, "ibsi_code": str}
-    )
+    """The long feature table of :func:`medpipe.radiomics.extract.collect` (via :mod:`medpipe.core.io`)."""
+    return read_feature_table(features_tsv)
 
 
 def reproducibility_report(

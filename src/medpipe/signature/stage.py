@@ -1,0 +1,199 @@
+"""The signature stage's two jobs: one outcome model per mask source, and the paired comparison of sources.
+
+* :func:`signature_report` (rule ``signature``, one job per source): the subject x feature matrix of the
+  source (every subject that has the outcome and a human label, so all sources are scored on the same
+  subjects), the optional pre-selection to reproducible / robust features, repeated stratified CV
+  (:func:`~medpipe.signature.model.cross_validate`), the model fitted on all of them
+  (:func:`~medpipe.signature.model.fit_final`) and its record.
+* :func:`comparison_report` (rule ``signature_compare``): DeLong's test for every configured pair of sources
+  on their out-of-fold probabilities, in the reference study's form "AUC a (CI) vs b (CI), P = p", with ROC
+  and calibration plots.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medpipe.core.errors import ConfigError, DataError
+from medpipe.core.io import read_feature_table, write_tsv
+from medpipe.core.sidecar import package_versions, sha256_file, write_json
+from medpipe.signature.compare import compare_sources
+from medpipe.signature.features import feature_matrix, preselect
+from medpipe.signature.figures import plot_calibration, plot_roc
+from medpipe.signature.model import SignatureSettings, cross_validate, fit_final
+from medpipe.signature.outcomes import check_events, read_outcomes
+
+logger = logging.getLogger(__name__)
+
+#: Columns of the out-of-fold table every ``signature`` job writes and ``signature_compare`` reads.
+OOF_COLUMNS = ("subject", "outcome", "probability", "probability_sd")
+
+
+def preselection_keys(
+    how: str, *, reproducibility: str | Path | None = None, robustness: str | Path | None = None
+) -> set[str] | None:
+    """Feature keys allowed by ``signature.preselect`` (``None`` = every feature).
+
+    ``reproducible`` keeps the features the stats stage found reproducible between the human and the
+    automatic masks (``reproducible`` column of ``reproducibility.tsv``); ``robust`` those robust to every
+    perturbation (``robust`` column of ``robustness.tsv``); ``reproducible_and_robust`` both.
+    """
+    tables = {"reproducible": reproducibility, "robust": robustness}
+    needs = {"all": [], "reproducible_and_robust": ["reproducible", "robust"]}.get(how, [how])
+    keys: set[str] | None = None
+    for column in needs:
+        path = tables[column]
+        if path is None:
+            raise ConfigError(f"signature.preselect: {how!r} needs the {column} table of the stats stage")
+        table = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["NA"])
+        chosen = set(table.loc[table[column].astype(str).str.lower().eq("true"), "feature"].astype(str))
+        keys = chosen if keys is None else keys & chosen
+    if keys is not None and not keys:
+        raise DataError(f"signature.preselect {how!r}: no feature passes", path=reproducibility or robustness)
+    return keys
+
+
+def _model_subjects(outcomes: pd.DataFrame, labelled: Sequence[str], n_folds: int, path: str | Path) -> list[str]:
+    subjects = [s for s in outcomes.index if s in set(labelled)]
+    left_out = sorted(set(outcomes.index) - set(subjects))
+    if left_out:
+        logger.warning("outcome rows of %d subject(s) without a human label left out: %s", len(left_out), left_out)
+    check_events(outcomes.loc[subjects, "outcome"].to_numpy(), n_folds=n_folds, path=path)
+    return subjects
+
+
+def signature_report(
+    features_tsv: str | Path,
+    outcomes_tsv: str | Path,
+    out_oof: str | Path,
+    out_selection: str | Path,
+    out_model: str | Path,
+    *,
+    source: str,
+    settings: Mapping[str, Any],
+    labelled: Sequence[str],
+    seed: int,
+    reproducibility: str | Path | None = None,
+    robustness: str | Path | None = None,
+) -> Path:
+    """Cross-validated outcome model of one mask source; writes OOF table, selection table and model record.
+
+    Parameters
+    ----------
+    settings
+        The whole ``config["signature"]`` section (schema-validated).
+    labelled
+        Subjects with a human label: models of every source use the outcome subjects among them.
+    """
+    model_settings = SignatureSettings.from_mapping(settings["model"], seed=seed)
+    outcomes = read_outcomes(outcomes_tsv, outcome=settings["outcome"], covariates=settings["covariates"])
+    subjects = _model_subjects(outcomes, labelled, model_settings.n_folds, outcomes_tsv)
+    keys = preselection_keys(settings["preselect"], reproducibility=reproducibility, robustness=robustness)
+    X = preselect(feature_matrix(read_feature_table(features_tsv), source, subjects=subjects), keys)
+    y = outcomes.loc[subjects, "outcome"]
+    logger.info("source %s: %d subjects (%d events), %d candidate features", source, len(y), int(y.sum()), X.shape[1])
+    cv = cross_validate(X, y, model_settings)
+    final = fit_final(X, y, model_settings, threshold=cv.threshold)
+    write_tsv(cv.oof[list(OOF_COLUMNS)], out_oof)
+    final_coef = final.coefficients.rename("final_coefficient")
+    selection = cv.selection.merge(final_coef, left_on="feature", right_index=True, how="left")
+    write_tsv(selection, out_selection)
+    inputs = [p for p in (features_tsv, outcomes_tsv, reproducibility, robustness) if p]
+    record = {
+        "source": source,
+        "n_subjects": len(y),
+        "n_events": int(y.sum()),
+        "n_candidate_features": int(X.shape[1]),
+        "preselect": settings["preselect"],
+        "cv": cv.summary(),
+        "final_model": final.as_dict(),
+        "settings": {**settings["model"], "seed": seed},
+        "inputs": {Path(p).name: sha256_file(p) for p in inputs},
+        "packages": package_versions(["scikit-learn", "numpy", "scipy", "pandas"]),
+    }
+    logger.info("source %s: CV AUC %.3f (%.3f-%.3f)", source, cv.auc.auc, cv.auc.ci_low, cv.auc.ci_high)
+    return write_json(record, out_model)
+
+
+def _read_oof(path: str | Path) -> pd.DataFrame:
+    table = pd.read_csv(path, sep="\t", dtype={"subject": str})
+    missing = set(OOF_COLUMNS) - set(table.columns)
+    if missing:
+        raise DataError(f"out-of-fold table lacks columns {sorted(missing)}", path=path)
+    return table.set_index("subject")
+
+
+def comparison_report(
+    oof: Mapping[str, str | Path],
+    out_table: str | Path,
+    out_roc: str | Path,
+    out_calibration: str | Path,
+    *,
+    pairs: Sequence[Sequence[str]],
+    level: float,
+    ci: str,
+) -> Path:
+    """DeLong comparison of every configured pair of sources; table, ROC and calibration figures."""
+    tables = {source: _read_oof(path) for source, path in oof.items()}
+    first = next(iter(tables.values()))
+    y = first["outcome"]
+    rows = []
+    for a, b in pairs:
+        if a not in tables or b not in tables:
+            raise ConfigError(f"signature.compare: pair {[a, b]} names a source without a signature {sorted(tables)}")
+        cmp = compare_sources(tables[a]["probability"], tables[b]["probability"], y, sources=(a, b), level=level, ci=ci)
+        logger.info("%s vs %s: %s", a, b, cmp.text)
+        rows.append(cmp.as_dict())
+    write_tsv(pd.DataFrame(rows), out_table)
+    probabilities = {s: t.loc[y.index, "probability"].to_numpy() for s, t in tables.items()}
+    title = "; ".join(f"{r['source_a']} vs {r['source_b']}: {r['text']}" for r in rows)
+    plot_roc(y.to_numpy(), probabilities, out_roc, title=title)
+    plot_calibration(y.to_numpy(), probabilities, out_calibration)
+    return Path(out_table)
+
+
+def check_signature_config(
+    settings: Mapping[str, Any], *, subjects: Sequence[str], labelled: Sequence[str], sources: Sequence[str]
+) -> pd.DataFrame:
+    """Start-of-run check of ``config["signature"]`` and its outcome table (before any job).
+
+    Parameters
+    ----------
+    subjects
+        Every subject of the sheet (an outcome row for another subject is an error).
+    labelled
+        Subjects with a human label (the models' subjects among the outcome rows).
+    sources
+        Mask sources the run's radiomics stage produces (radiomics sources and perturbations).
+
+    Raises
+    ------
+    ConfigError
+        A signature source the run does not produce, a compared pair outside ``signature.sources``, or a
+        pre-selection whose statistics the run does not compute.
+    DataError
+        From :func:`~medpipe.signature.outcomes.read_outcomes`: unknown subjects, missing or non-binary values,
+        one class only or fewer events than folds (among the labelled subjects).
+    """
+    wanted = list(settings["sources"])
+    unknown = [s for s in wanted if s not in sources]
+    if unknown:
+        raise ConfigError(f"signature.sources: {unknown} are not mask sources of this run (it makes {list(sources)})")
+    for pair in settings["compare"]:
+        if any(s not in wanted for s in pair):
+            raise ConfigError(f"signature.compare: pair {list(pair)} names a source outside signature.sources {wanted}")
+    how = settings["preselect"]
+    if how in ("reproducible", "reproducible_and_robust") and not {"human", "auto"} <= set(sources):
+        raise ConfigError(f"signature.preselect: {how!r} needs radiomics.sources human and auto")
+    if how in ("robust", "reproducible_and_robust") and not {"erode", "dilate", "shift", "noise"} & set(sources):
+        raise ConfigError(f"signature.preselect: {how!r} needs radiomics.perturbations")
+    n_folds = SignatureSettings.from_mapping(settings["model"]).n_folds
+    path = settings["outcomes"]
+    table = read_outcomes(path, outcome=settings["outcome"], subjects=subjects, covariates=settings["covariates"])
+    _model_subjects(table, labelled, n_folds, path)
+    return table
