@@ -114,6 +114,18 @@ def get_n4_input(wildcards):
     return f"results/coregister/sub-{wildcards.subject}/sub-{wildcards.subject}_{wildcards.sequence}.nii.gz"
 
 
+def get_converted_sidecar(wildcards):
+    """Sidecar of the converted sequence: its modality record (medpipe.core.records.read_modality)."""
+    return f"results/convert/sub-{wildcards.subject}/sub-{wildcards.subject}_{wildcards.sequence}.json"
+
+
+def get_n4_settings(wildcards):
+    """preprocess.n4 with only this sequence's per_sequence entry (editing another's does not re-run this job)."""
+    n4 = config["preprocess"]["n4"]
+    own = {k: v for k, v in n4["per_sequence"].items() if k == wildcards.sequence}
+    return {**n4, "per_sequence": own}
+
+
 def get_n4_reference(wildcards):
     return f"results/n4/sub-{wildcards.subject}/sub-{wildcards.subject}_{REF}.nii.gz"
 

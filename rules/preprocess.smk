@@ -36,9 +36,12 @@ rule coregister:
         "../scripts/coregister.py"
 
 
+# N4 runs by modality (preprocess.n4.modalities, per_sequence); when off the image is passed through
+# unchanged (same output files: a copy, a bias field of ones, the QC figure, sidecar "skipped": true).
 rule n4:
     input:
         image=get_n4_input,
+        converted=get_converted_sidecar,
     output:
         image="results/n4/sub-{subject}/sub-{subject}_{sequence}.nii.gz",
         sidecar="results/n4/sub-{subject}/sub-{subject}_{sequence}.json",
@@ -61,7 +64,7 @@ rule n4:
         mem_mb=mem_mb_scaled(2000, 40),
         runtime=15,
     params:
-        settings=config["preprocess"]["n4"],
+        settings=get_n4_settings,
         seed=config["seed"],
     script:
         "../scripts/n4.py"

@@ -52,6 +52,7 @@ def test_synthetic_round_trip_values_and_world_geometry(tmp_path: Path, series_f
     assert sidecar["source"]["n_slices"] == 6 and sidecar["dicom_inputs"]["n_files"] == 6
     assert sidecar["geometry"]["spacing_mm"] == [1.5, 1.5, 2.0]
     assert sidecar["dcm2niix_version"].startswith("v1.0.")
+    assert sidecar["modality"] == "MR" and sidecar["modality_source"] == "dicom_header"
     assert img.header["descrip"].tobytes().strip(b"\x00") == b""
 
 
@@ -117,6 +118,29 @@ def test_header_truncated_file_fails_naming_it(tmp_path: Path, series_factory) -
 
 # --- real reference data --------------------------------------------------------------------------
 
+
+def test_declared_modality_contradicting_the_header_stops(tmp_path: Path, series_factory) -> None:
+    """The selected series says MR in Modality (0008,0060); a config declaring CT is refused naming both."""
+    series_factory(tmp_path / "dicom", n_slices=4)
+    for selector in ({**SELECT_T1, "modality": "CT"}, {"modality": ["CT", "PT"]}):
+        with pytest.raises(DicomError) as err:
+            _convert(tmp_path / "dicom", tmp_path / "out", selector, subject="S09")
+        msg = str(err.value)
+        assert msg.startswith("[subject S09] sequence T1w: declared modality C")
+        assert "contradicts the DICOM header: Modality (0008,0060) is MR" in msg
+        assert "sequences.T1w.modality" in msg
+    assert not (tmp_path / "out").exists()
+    _convert(tmp_path / "dicom", tmp_path / "ok", {**SELECT_T1, "modality": "mr"})
+    assert json.loads((tmp_path / "ok" / "sub-S01_T1w.json").read_text())["modality"] == "MR"
+
+
+def test_modality_rule_alone_lists_the_series_when_several_differ(tmp_path: Path, series_factory) -> None:
+    series_factory(tmp_path / "dicom", n_slices=4)
+    series_factory(tmp_path / "dicom", n_slices=4, seed=1, prefix="t2", tags={"SeriesDescription": "T2w"})
+    with pytest.raises(DicomError, match=r"no series matches \{'modality': \['CT'\]\}"):
+        _convert(tmp_path / "dicom", tmp_path / "out", {"modality": "CT"})
+
+
 STS_MODALITIES = {"CT": "CT", "MR_T1": "MR", "PET": "PT"}
 
 
@@ -138,6 +162,8 @@ def test_sts_images_and_rtstruct_match_reference(shared_dir: Path, tmp_path: Pat
     for seq, modality in STS_MODALITIES.items():
         sequence = seq.replace("_", "")
         out = _convert(shared_dir / "ibsi_sts" / "dicom" / patient, tmp_path, {"modality": modality}, sequence=sequence)
+        sidecar = json.loads(out.with_name(f"sub-S01_{sequence}.json").read_text())
+        assert (sidecar["modality"], sidecar["modality_source"]) == (modality, "dicom_header")
         nifti = shared_dir / "ibsi_sts" / "nifti" / patient
         aff, vox = _compare(out, nifti / f"{seq}_image.nii.gz")
         mask = import_label(
@@ -157,6 +183,21 @@ def test_sts_images_and_rtstruct_match_reference(shared_dir: Path, tmp_path: Pat
         assert aff < 1e-3 and vox == 0.0
         assert dice >= 0.99
         assert record["label"]["n_placed"] == record["label"]["n_contours"] > 0
+
+
+@pytest.mark.shared
+def test_sts_modality_from_the_header_and_contradiction(shared_dir: Path, tmp_path: Path) -> None:
+    """Real CT and PET series: the sidecar's modality is the header's (CT, PT); declaring MR for the CT stops."""
+    patient = shared_dir / "ibsi_sts" / "dicom" / "STS_001"
+    for seq, header in (("CT", "CT"), ("PET", "PT")):
+        out = _convert(patient, tmp_path, {"series_description": f"_{seq}_image$"}, subject="STS001", sequence=seq)
+        sidecar = json.loads(out.with_name(f"sub-STS001_{seq}.json").read_text())
+        assert sidecar["modality"] == header and sidecar["source"]["modality"] == header
+    with pytest.raises(DicomError) as err:
+        _convert(patient, tmp_path / "bad", {"series_description": "_CT_image$", "modality": "MR"}, subject="STS001")
+    msg = str(err.value)
+    assert msg.startswith("[subject STS001] sequence T1w: declared modality MR (sequences.T1w.modality)")
+    assert "Modality (0008,0060) is CT in series 2" in msg and "(CT, UID" in msg
 
 
 @pytest.mark.shared

@@ -11,7 +11,7 @@ import pytest
 
 from medpipe.convert.dicom import convert_sequence
 from medpipe.convert.nifti import import_nifti_sequence
-from medpipe.core.errors import DataError
+from medpipe.core.errors import ConfigError, DataError
 
 SECRET = "DOE^JOHN_MEDPIPEPHI"
 
@@ -51,6 +51,8 @@ def test_voxels_and_affine_kept_header_text_dropped(tmp_path: Path) -> None:
     sidecar = json.loads((tmp_path / "out/img.json").read_text())
     assert sidecar["source"]["format"] == "nifti" and sidecar["inputs"][0]["sha256"]
     assert sidecar["deidentification"]["n_dropped_extensions"] == 1
+    assert (sidecar["modality"], sidecar["modality_source"]) == ("MR", "default")
+    assert sidecar["modality_note"] == "NIfTI input without sequences.T1w.modality: assumed MR"
     assert "extensions" in (tmp_path / "out/deid.tsv").read_text()
     assert (tmp_path / "out/qc.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -91,4 +93,31 @@ def test_singleton_4d_is_squeezed_and_bad_volumes_refused(tmp_path: Path) -> Non
             tmp_path / "c.png",
             subject="S4",
             sequence="T1w",
+        )
+
+
+def test_declared_modality_is_recorded_and_must_be_one(tmp_path: Path) -> None:
+    hu = np.random.default_rng(1).integers(-1000, 1500, (8, 8, 5)).astype(np.int16)
+    src = _source(tmp_path, hu)
+    out = convert_sequence(
+        src,
+        tmp_path / "ct.nii.gz",
+        tmp_path / "ct.tsv",
+        tmp_path / "ct.png",
+        subject="S5",
+        sequence="CT",
+        selector={"nifti": "MR_T1_image.nii.gz", "modality": "CT"},
+    )
+    sidecar = json.loads(out.with_name("ct.json").read_text())
+    assert (sidecar["modality"], sidecar["modality_source"]) == ("CT", "config") and "modality_note" not in sidecar
+    np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), hu)
+    with pytest.raises(ConfigError, match=r"subject S5.*sequences.CT.modality: a NIfTI input needs exactly one"):
+        import_nifti_sequence(
+            src,
+            tmp_path / "x.nii.gz",
+            tmp_path / "x.tsv",
+            tmp_path / "x.png",
+            subject="S5",
+            sequence="CT",
+            modality=["CT", "PT"],
         )

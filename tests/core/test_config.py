@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medpipe.core.config import load_subject_sheet, nifti_inputs, validate_config
+from medpipe.core.config import load_subject_sheet, nifti_inputs, section_schema, validate_config, with_defaults
 from medpipe.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,3 +99,30 @@ def test_sheet_names_subjects_without_the_nifti_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"row 3 \(B2\): folder 'B2' has no 'MR_T1_image.nii.gz'") as err:
         load_subject_sheet(sheet, SHEET_SCHEMA, base_dir=tmp_path, required_files=["MR_T1_image.nii.gz"])
     assert "A1" not in str(err.value).split("invalid subject sheet:")[1]
+
+
+def test_n4_modality_defaults_and_overrides_come_from_the_schema() -> None:
+    s = with_defaults({}, "preprocess", "n4")
+    assert s["modalities"] == {"MR": True, "CT": False, "PT": False} and s["per_sequence"] == {}
+    node = section_schema("preprocess", "n4", "modalities")
+    assert node["default"] == {k: v["default"] for k, v in node["properties"].items()}
+    s = with_defaults({"modalities": {"CT": True}, "per_sequence": {"T2w": False}}, "preprocess", "n4")
+    assert s["modalities"] == {"MR": True, "CT": True, "PT": False} and s["per_sequence"] == {"T2w": False}
+    with pytest.raises(ConfigError, match=r"preprocess.n4.per_sequence.T2w: 'no' is not of type 'boolean'"):
+        with_defaults({"per_sequence": {"T2w": "no"}}, "preprocess", "n4")
+
+
+def test_sequence_modality_is_ct_mr_or_pt_and_one_for_nifti() -> None:
+    cfg = _config()
+    cfg["sequences"]["T1w"]["modality"] = "MR"
+    cfg["sequences"]["T2w"]["modality"] = ["MR", "CT"]  # DICOM: the series must have one of them
+    validate_config(cfg, CONFIG_SCHEMA)
+    cfg = _config()
+    cfg["sequences"]["T2w"]["modality"] = "US"
+    with pytest.raises(ConfigError, match=r"sequences.T2w.modality: 'US' is not valid"):
+        validate_config(cfg, CONFIG_SCHEMA)
+    cfg = _config()
+    cfg["postprocess"]["dicom_seg"] = False
+    cfg["sequences"] = {"T1w": {"nifti": "MR_T1_image.nii.gz", "modality": ["MR", "CT"]}}
+    with pytest.raises(ConfigError, match=r"sequences.T1w.modality: a NIfTI input needs exactly one of"):
+        validate_config(cfg, CONFIG_SCHEMA)

@@ -1,4 +1,5 @@
-"""Per-case records shared between stages: the uncertainty record round-trips through its JSON file."""
+"""Per-case records shared between stages: the uncertainty record round-trips through its JSON file, and the
+modality record of a converted image is read back from its sidecar."""
 
 from __future__ import annotations
 
@@ -7,15 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from medpipe.core.errors import DataError
+from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.records import (
+    ModalityRecord,
     UncertaintyRecord,
+    declared_modality,
     is_uncertainty_record,
+    read_modality,
     read_uncertainty,
     subject_from_name,
     uncertainty_path,
     write_uncertainty,
 )
+from medpipe.core.sidecar import write_sidecar
 
 RECORD = UncertaintyRecord(
     subject="07",
@@ -85,3 +90,30 @@ def test_unreadable_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot read uncertainty record") as info:
         read_uncertainty(path)
     assert str(path) in str(info.value)
+
+
+def test_modality_record_round_trips_through_a_sidecar(tmp_path: Path) -> None:
+    image = tmp_path / "sub-01_CT.nii.gz"
+    image.write_bytes(b"")
+    write_sidecar(image, stage="convert", subject="01", extra=ModalityRecord("CT", "dicom_header").to_json())
+    assert read_modality(image) == ModalityRecord("CT", "dicom_header")
+    assert read_modality(tmp_path / "sub-01_CT.json") == ModalityRecord("CT", "dicom_header")
+    default = declared_modality(None, sequence="T1w")
+    write_sidecar(image, stage="convert", subject="01", extra=default.to_json())
+    assert read_modality(image) == default and default.modality == "MR" and default.source == "default"
+    assert "sequences.T1w.modality" in default.note and "assumed MR" in default.note
+
+
+def test_old_sidecar_without_modality_says_to_rerun_convert(tmp_path: Path) -> None:
+    image = tmp_path / "sub-01_T1w.nii.gz"
+    write_sidecar(image, stage="convert", subject="01")
+    with pytest.raises(DataError, match=r"subject 01.*records no modality.*re-run the convert stage"):
+        read_modality(image, subject="01")
+
+
+def test_declared_modality_of_a_nifti_input() -> None:
+    assert declared_modality("pt", sequence="PET") == ModalityRecord("PT", "config")
+    assert declared_modality(["CT"], sequence="CT") == ModalityRecord("CT", "config")
+    for bad in (["MR", "CT"], "US"):
+        with pytest.raises(ConfigError, match=r"sequences.X.modality: a NIfTI input needs exactly one of"):
+            declared_modality(bad, sequence="X")

@@ -6,7 +6,9 @@ is not one regular volume (:mod:`medpipe.convert.checks`), run dcm2niix (``-ba y
 those files in a temporary folder, then write the final NIfTI through :func:`medpipe.core.io.save_nifti`
 (header text blank) with a sidecar (geometry, dcm2niix version, series UIDs, the anonymised BIDS
 fields minus anything identifying, sha256 of every input file), a de-identification table and a
-QC figure.
+QC figure. The sidecar's ``modality`` is the header's Modality (0008,0060) (a
+:class:`medpipe.core.records.ModalityRecord`, ``modality_source: dicom_header``); a modality declared
+in config must agree with it (:func:`medpipe.convert.discover.check_declared_modality`).
 
 The image keeps dcm2niix's voxel grid and orientation (no reorientation here): later stages work
 in world coordinates and reorient where they need to, so this stage stays a faithful conversion.
@@ -48,6 +50,7 @@ from medpipe.convert.discover import (
 from medpipe.core.errors import DicomError
 from medpipe.core.geometry import Geometry
 from medpipe.core.io import load_nifti, save_nifti, stored_voxels
+from medpipe.core.records import MODALITY_TAG, ModalityRecord
 from medpipe.core.sidecar import sha256_file, write_sidecar
 
 logger = logging.getLogger(__name__)
@@ -168,6 +171,23 @@ def _source_record(group: SeriesGroup, layout: SeriesLayout) -> dict[str, Any]:
     }
 
 
+def header_modality(group: SeriesGroup, *, subject: str, sequence: str, phi: Sequence[str] = ()) -> ModalityRecord:
+    """The modality record of the selected series: its header's Modality (0008,0060).
+
+    Raises
+    ------
+    DicomError
+        When the header has no Modality (a type-1 attribute: every image series has one).
+    """
+    if not group.first.modality:
+        raise DicomError(
+            f"sequence {sequence}: {group.label(phi)} has no {MODALITY_TAG}; medpipe needs it to treat CT, PET "
+            "and MR correctly (N4, normalisation): fix the export",
+            subject=subject,
+        )
+    return ModalityRecord(modality=group.first.modality, source="dicom_header")
+
+
 def _select_group(root: Path, sel: Selector, *, subject: str, sequence: str) -> tuple[SeriesGroup, list[str]]:
     """Scan ``root``, group its files into candidate volumes and pick the one ``sel`` selects.
 
@@ -257,6 +277,7 @@ def _write_convert_sidecar(
         geometry=geometry,
         packages=["pydicom", "dcm2niix"],
         extra={
+            **header_modality(group, subject=subject, sequence=sequence, phi=phi).to_json(),
             "dcm2niix_version": version,
             "source": _source_record(group, layout),
             "dicom_inputs": _input_hashes(group.paths),
@@ -311,21 +332,32 @@ def convert_sequence(
     Raises
     ------
     DicomError
-        No or several matching series, a refused series (tilt, spacing, missing slices, ...),
-        unreadable or truncated files, or a failed conversion; the message names subject,
-        sequence, series and reason.
+        No or several matching series, a refused series (tilt, spacing, missing slices, ...), a
+        declared ``modality`` that the header's Modality (0008,0060) contradicts, unreadable or
+        truncated files, or a failed conversion; the message names subject, sequence, series and reason.
+    ConfigError
+        For a NIfTI input whose ``modality`` names several or an unknown modality.
     """
     from medpipe.core.qc import save_image_panel
 
     if selector.get("nifti"):
         from medpipe.convert.nifti import import_nifti_sequence
 
-        return import_nifti_sequence(dicom_dir, out_image, out_deid, out_qc, subject=subject, sequence=sequence)
+        return import_nifti_sequence(
+            dicom_dir,
+            out_image,
+            out_deid,
+            out_qc,
+            subject=subject,
+            sequence=sequence,
+            modality=selector.get("modality"),
+        )
     sel = parse_selector({k: v for k, v in selector.items() if k != "nifti"}, sequence=sequence)
     root = Path(dicom_dir)
     group, phi = _select_group(root, sel, subject=subject, sequence=sequence)
     layout = check_series_geometry(group, sel, subject=subject, sequence=sequence, phi=phi)
     check_pixel_data(group, subject=subject, root=root, sequence=sequence, phi=phi)
+    header_modality(group, subject=subject, sequence=sequence, phi=phi)  # refuse before running dcm2niix
     data, affine, bids, warnings = _convert_group(group, sel, subject=subject, sequence=sequence, phi=phi)
     save_nifti(data, affine, out_image)
     geometry = Geometry(tuple(int(v) for v in data.shape[:3]), affine)

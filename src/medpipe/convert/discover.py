@@ -15,7 +15,7 @@ import logging
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 
 from medpipe.convert.deid import redact
 from medpipe.core.errors import ConfigError, DicomError
+from medpipe.core.records import MODALITY_TAG
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,8 @@ class Selector:
     series_description
         Regular expression searched in SeriesDescription.
     modality
-        Required Modality (``MR``, ``CT``, ``PT``, ...), or several.
+        Required Modality (``MR``, ``CT``, ``PT``, ...), or several: the header's Modality (0008,0060)
+        must be one of them; a series the other rules pick whose header says otherwise is refused.
     series_uid
         Explicit SeriesInstanceUID.
     echo_number
@@ -323,6 +325,40 @@ def _matches(group: SeriesGroup, selector: Selector) -> bool:
     return True
 
 
+def check_declared_modality(
+    groups: Sequence[SeriesGroup], selector: Selector, *, subject: str, sequence: str, phi: Sequence[str] = ()
+) -> None:
+    """Refuse a declared modality that the header of the series the other rules pick contradicts.
+
+    Called when no series matches. Without the modality rule, the candidates are the series the
+    selector would otherwise pick; when that is one series (or the other rules name one, e.g. by
+    description or UID), the config and the DICOM header disagree about what the series is.
+
+    Raises
+    ------
+    DicomError
+        Naming the subject, the sequence, the tag Modality (0008,0060), the declared and the header values.
+    """
+    if not selector.modality:
+        return
+    others = replace(selector, modality=())
+    clash = [g for g in groups if _matches(g, others) and _excluded_reason(g, others) is None]
+    other_rules = any(
+        v is not None
+        for v in (others.series_description, others.series_uid, others.echo_number, others.acquisition_number)
+    )
+    if not clash or (len(clash) > 1 and not other_rules):
+        return
+    header = sorted({g.first.modality or "(empty)" for g in clash})
+    raise DicomError(
+        f"sequence {sequence}: declared modality {'/'.join(selector.modality)} (sequences.{sequence}.modality) "
+        f"contradicts the DICOM header: {MODALITY_TAG} is {'/'.join(header)} in "
+        f"{'; '.join(g.label(phi) for g in clash)}. Correct sequences.{sequence}.modality (or leave it out: "
+        "the header's value is used) or select another series",
+        subject=subject,
+    )
+
+
 def select_series(
     groups: Sequence[SeriesGroup], selector: Selector, *, subject: str, sequence: str, phi: Sequence[str] = ()
 ) -> SeriesGroup:
@@ -342,6 +378,7 @@ def select_series(
         and v not in (None, [])
     }
     if not kept:
+        check_declared_modality(groups, selector, subject=subject, sequence=sequence, phi=phi)
         found = "; ".join(g.label(phi) for g in groups) or "no image series"
         raise DicomError(
             f"sequence {sequence}: no series matches {rules} "

@@ -5,13 +5,16 @@ Many public and research cohorts (the IBSI soft-tissue-sarcoma set among them) s
 voxels and the world affine are kept exactly (no reorientation, no resampling), the header is
 rewritten by :func:`medpipe.core.io.save_nifti` (free-text fields blanked, header extensions dropped:
 both can hold identifiers), and the sidecar records the source file's sha256, the geometry and
-what was removed. Images that are not one 3D volume, hold non-finite voxels, or have a singular
-affine are refused with a message naming the subject, the sequence and the file.
+what was removed, and the modality record (:func:`medpipe.core.records.declared_modality`: the
+declared ``sequences.<name>.modality``, or MR with a note saying it was assumed). Images that are
+not one 3D volume, hold non-finite voxels, or have a singular affine are refused with a message
+naming the subject, the sequence and the file.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from medpipe.convert.deid import header_rows, write_deid_table
 from medpipe.core.errors import DataError
 from medpipe.core.geometry import Geometry
 from medpipe.core.io import load_nifti, save_nifti, stored_voxels
+from medpipe.core.records import declared_modality
 from medpipe.core.sidecar import write_sidecar
 
 logger = logging.getLogger(__name__)
@@ -61,6 +65,7 @@ def import_nifti_sequence(
     *,
     subject: str,
     sequence: str,
+    modality: str | Sequence[str] | None = None,
 ) -> Path:
     """Copy one NIfTI image into the pipeline's converted-image contract.
 
@@ -76,6 +81,9 @@ def import_nifti_sequence(
         QC figure (PNG): three orthogonal mid slices.
     subject, sequence
         Subject ID and sequence name (config ``sequences``).
+    modality
+        ``sequences.<sequence>.modality``: ``CT``, ``MR`` or ``PT`` (or a list of one); when not given the
+        image is recorded as MR and the sidecar says it was assumed (``modality_source: default``).
 
     Returns
     -------
@@ -84,10 +92,16 @@ def import_nifti_sequence(
 
     Raises
     ------
+    ConfigError
+        When ``modality`` names several modalities or an unknown one.
     DataError
         Missing or unreadable file, not a NIfTI, not one finite 3D volume, or a singular affine.
     """
     from medpipe.core.qc import save_image_panel
+
+    record = declared_modality(modality, sequence=sequence, subject=subject)
+    if record.note:
+        logger.warning("sequence %s: %s (declare CT or PT there for other images)", sequence, record.note)
 
     path = Path(source)
     if not path.is_file():
@@ -121,6 +135,7 @@ def import_nifti_sequence(
         geometry=geometry,
         packages=["nibabel"],
         extra={
+            **record.to_json(),
             "source": {
                 "format": "nifti",
                 "file_name": path.name,

@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from medpipe.core.errors import ConfigError
+from medpipe.core.records import declared_modality
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,9 @@ def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -
             f"  reference_sequence: {config.get('reference_sequence')!r} is not one of the configured "
             f"sequences {sorted(sequences)}"
         )
+    for name, selector in sequences.items():
+        if selector.get("nifti"):  # a NIfTI file has no header to choose between several modalities
+            declared_modality(selector.get("modality"), sequence=name)
     ref_nifti = sequences[config["reference_sequence"]].get("nifti")
     if ref_nifti and config.get("postprocess", {}).get("dicom_seg"):
         raise ConfigError(

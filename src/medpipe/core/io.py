@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -182,6 +183,15 @@ def save_nifti(
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     logger.debug("wrote %s %s %s", path, arr.shape, arr.dtype)
+    return path
+
+
+def copy_file(source: str | Path, path: str | Path) -> Path:
+    """Copy ``source`` to ``path`` byte for byte, atomically (a pass-through output keeps its input's bytes)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+    logger.debug("copied %s to %s", source, path)
     return path
 
 

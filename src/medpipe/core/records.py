@@ -7,19 +7,28 @@ written by :func:`medpipe.segment.infer.predict_case` and read by the review lis
     {"subject": "X", "score": 0.41, "threshold": 0.35, "flag": true,
      "reasons": ["mean uncertainty 0.410 > 0.35"], "agreement": 0.93, "min_agreement": 0.8,
      "n_members": 8, "predicted_volume_mm3": 5123.0}
+
+The modality record of a converted image is written by the convert stage
+(:mod:`medpipe.convert.dicom`, :mod:`medpipe.convert.nifti`) into the image's sidecar and read by every
+later stage that treats CT, PET and MR differently (:func:`read_modality`). Its keys, at the top level
+of the sidecar ``results/convert/sub-X/sub-X_<sequence>.json``, are those of :meth:`ModalityRecord.to_json`::
+
+    {"modality": "CT", "modality_source": "dicom_header"}
+    {"modality": "MR", "modality_source": "default",
+     "modality_note": "NIfTI input without sequences.T1w.modality: assumed MR"}
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from medpipe.core.errors import DataError
-from medpipe.core.sidecar import write_json
+from medpipe.core.errors import ConfigError, DataError
+from medpipe.core.sidecar import read_sidecar, write_json
 
 #: File-name ending of an uncertainty record (``sub-X_uncertainty.json``).
 UNCERTAINTY_SUFFIX = "_uncertainty.json"
@@ -164,3 +173,90 @@ def subject_from_name(path: str | Path) -> str | None:
     """The subject ID in a ``sub-X_...`` file name, or ``None``."""
     match = _SUB_IN_NAME.match(Path(path).name)
     return match.group(1) if match else None
+
+
+#: Modalities medpipe treats differently (DICOM Modality values): CT (Hounsfield units), MR, PT (PET).
+MODALITIES = ("CT", "MR", "PT")
+#: The DICOM attribute the modality of a DICOM input comes from (named in messages).
+MODALITY_TAG = "Modality (0008,0060)"
+#: Where a modality came from: the DICOM header, the config (``sequences.<name>.modality``), the NIfTI
+#: default (MR, when nothing was declared) or a caller passing it directly (tests, benchmarks).
+MODALITY_SOURCES = ("dicom_header", "config", "default", "caller")
+
+
+@dataclass(frozen=True)
+class ModalityRecord:
+    """The imaging modality of one converted sequence and where it came from.
+
+    Attributes
+    ----------
+    modality
+        DICOM Modality value, upper case (``CT``, ``MR``, ``PT``; other DICOM values are kept as read).
+    source
+        One of :data:`MODALITY_SOURCES`.
+    note
+        Why a default was used (empty otherwise).
+    """
+
+    modality: str
+    source: str = "caller"
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The sidecar fields: ``modality``, ``modality_source`` and, when set, ``modality_note``."""
+        data: dict[str, Any] = {"modality": self.modality, "modality_source": self.source}
+        if self.note:
+            data["modality_note"] = self.note
+        return data
+
+
+def declared_modality(
+    value: str | Sequence[str] | None, *, sequence: str, subject: str | None = None
+) -> ModalityRecord:
+    """The modality of a NIfTI input: ``sequences.<sequence>.modality``, or MR (with a note) when not declared.
+
+    Parameters
+    ----------
+    value
+        The config value: one of :data:`MODALITIES` (any case), a list holding one, or nothing.
+    sequence, subject
+        Named in the note and in errors.
+
+    Raises
+    ------
+    ConfigError
+        When several modalities or one medpipe does not know are declared (a NIfTI file carries no header
+        to choose between them).
+    """
+    values = [value] if isinstance(value, str) else list(value or [])
+    names = [str(v).upper() for v in values]
+    if not names:
+        note = f"NIfTI input without sequences.{sequence}.modality: assumed MR"
+        return ModalityRecord(modality="MR", source="default", note=note)
+    if len(names) > 1 or names[0] not in MODALITIES:
+        raise ConfigError(
+            f"sequences.{sequence}.modality: a NIfTI input needs exactly one of {list(MODALITIES)}, got {value!r}",
+            subject=subject,
+        )
+    return ModalityRecord(modality=names[0], source="config")
+
+
+def read_modality(image: str | Path, *, subject: str | None = None) -> ModalityRecord:
+    """The modality record in the sidecar of a converted image (``image`` or its ``.json``).
+
+    Raises
+    ------
+    DataError
+        When the sidecar has no valid modality record (written by an older medpipe: re-run convert).
+    """
+    path = Path(image)
+    data = read_sidecar(path.with_suffix(".nii") if path.suffix == ".json" else path, subject=subject)
+    modality, source = data.get("modality"), data.get("modality_source")
+    if not isinstance(modality, str) or not modality or source not in MODALITY_SOURCES:
+        raise DataError(
+            f"sidecar records no modality (modality {modality!r}, modality_source {source!r}); it was written "
+            "by an older medpipe: re-run the convert stage (snakemake --forcerun convert_sequence)",
+            subject=subject,
+            path=path,
+        )
+    return ModalityRecord(modality=modality.upper(), source=source, note=str(data.get("modality_note", "")))
