@@ -3,7 +3,13 @@ from pathlib import Path
 
 from medpipe.audit.failures import write_failures
 from medpipe.audit.review import excluded_subjects
-from medpipe.core.config import allowed_values, load_subject_sheet, nifti_inputs, validate_config
+from medpipe.core.config import (
+    allowed_values,
+    check_radiomics_only,
+    load_subject_sheet,
+    nifti_inputs,
+    validate_config,
+)
 from medpipe.core.determinism import export_job_environment
 from medpipe.core.records import uncertainty_path
 from medpipe.core.resources import estimate_mem_mb
@@ -25,7 +31,11 @@ LABELLED = [s for s in SUBJECTS if SHEET.loc[s, "label"]]
 SEQUENCES = list(config["sequences"])
 REF = config["reference_sequence"]
 MOVING = [s for s in SEQUENCES if s != REF]
-FOLDS = assign_folds(LABELLED, config["segmentation"]["folds"], config["seed"]) if LABELLED else {}
+# automatic_segmentation: false is a radiomics-only run: no split/train/predict/postprocess/evaluate jobs,
+# features of the human masks only (validate_config refuses radiomics.sources auto there).
+SEGMENT = config["automatic_segmentation"]
+check_radiomics_only(config, SUBJECTS, LABELLED)
+FOLDS = assign_folds(LABELLED, config["segmentation"]["folds"], config["seed"]) if SEGMENT and LABELLED else {}
 N_FOLDS = config["segmentation"]["folds"]
 SOURCES = [s for s in config["radiomics"]["sources"] if s == "auto" or LABELLED]
 # Perturbed copies of the human mask (robustness analysis); each is one more radiomics mask source.
@@ -222,8 +232,18 @@ def get_all_feature_tables(wildcards):
     ]
 
 
+def get_compared_source(index):
+    """``radiomics.sources[index]`` as a params function of reproducibility (a [human]-only run lists one)."""
+
+    def _source(wildcards):
+        return config["radiomics"]["sources"][index]
+
+    return _source
+
+
 def get_uncertainty_files(wildcards):
-    return [str(uncertainty_path("results", s)) for s in SUBJECTS]
+    """Uncertainty records of predict (none in a radiomics-only run: the review list is then empty)."""
+    return [str(uncertainty_path("results", s)) for s in SUBJECTS] if SEGMENT else []
 
 
 def get_signature_inputs(wildcards):
@@ -248,11 +268,11 @@ def get_signoff(wildcards):
 
 def get_final_outputs(wildcards=None):
     """Everything `rule all` asks for except the audit manifest (which hashes all of these)."""
-    outs = [f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz" for s in SUBJECTS]
-    if config["postprocess"]["dicom_seg"]:
+    outs = [f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz" for s in SUBJECTS] if SEGMENT else []
+    if SEGMENT and config["postprocess"]["dicom_seg"]:  # a radiomics-only run has no automatic mask to export
         outs += [f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.dcm" for s in SUBJECTS]
     outs += ["results/radiomics/features.tsv", "results/audit/flagged_cases.tsv"]
-    if LABELLED:
+    if SEGMENT and LABELLED:
         outs += ["results/evaluate/summary.tsv"]
     if "human" in SOURCES and "auto" in SOURCES and len(LABELLED) >= config["stats"]["min_subjects"]:
         outs += ["results/stats/reproducibility.tsv"]

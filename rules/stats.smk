@@ -35,8 +35,8 @@ rule reproducibility:
         mem_mb=2000,
         runtime=20,
     params:
-        source_a=config["radiomics"]["sources"][0],
-        source_b=config["radiomics"]["sources"][1],
+        source_a=get_compared_source(0),
+        source_b=get_compared_source(1),
         cutoff=config["stats"]["ccc_cutoff"],
         n_boot=config["stats"]["bootstrap"],
         seed=config["seed"],

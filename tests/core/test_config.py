@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medpipe.core.config import load_subject_sheet, nifti_inputs, section_schema, validate_config, with_defaults
+from medpipe.core.config import (
+    check_radiomics_only,
+    load_subject_sheet,
+    nifti_inputs,
+    section_schema,
+    validate_config,
+    with_defaults,
+)
 from medpipe.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,3 +133,21 @@ def test_sequence_modality_is_ct_mr_or_pt_and_one_for_nifti() -> None:
     cfg["sequences"] = {"T1w": {"nifti": "MR_T1_image.nii.gz", "modality": ["MR", "CT"]}}
     with pytest.raises(ConfigError, match=r"sequences.T1w.modality: a NIfTI input needs exactly one of"):
         validate_config(cfg, CONFIG_SCHEMA)
+
+
+def test_radiomics_only_needs_human_sources_and_a_label(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _config()
+    validate_config(cfg, CONFIG_SCHEMA)
+    assert cfg["automatic_segmentation"] is True  # the default: segmentation runs
+    check_radiomics_only(cfg, ["a", "b"], [])  # no check when segmentation runs
+    cfg = _config()
+    cfg["automatic_segmentation"] = False
+    with pytest.raises(ConfigError, match=r"radiomics.sources: lists 'auto'.*set radiomics.sources: \[human\]"):
+        validate_config(cfg, CONFIG_SCHEMA)
+    cfg["radiomics"]["sources"] = ["human"]
+    validate_config(cfg, CONFIG_SCHEMA)
+    with pytest.raises(ConfigError, match="no subject has a label"):
+        check_radiomics_only(cfg, ["a", "b"], [])
+    with caplog.at_level("WARNING"):
+        check_radiomics_only(cfg, ["a", "b"], ["a"])
+    assert "without a label get no features: b" in caplog.text

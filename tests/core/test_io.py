@@ -10,7 +10,15 @@ import pytest
 import SimpleITK as sitk
 
 from medpipe.core.errors import DataError
-from medpipe.core.io import ants_to_nib, load_nifti, nib_to_ants, nib_to_sitk, save_nifti, sitk_to_nib
+from medpipe.core.io import (
+    ants_to_nib,
+    load_nifti,
+    nib_to_ants,
+    nib_to_sitk,
+    save_nifti,
+    sitk_to_nib,
+    stored_voxels,
+)
 
 
 def _oblique_image() -> nib.Nifti1Image:
@@ -66,3 +74,20 @@ def test_ants_roundtrip_keeps_world_coordinates() -> None:
     back = ants_to_nib(a)
     np.testing.assert_allclose(back.affine, img.affine, atol=1e-5)
     np.testing.assert_array_equal(back.get_fdata(dtype=np.float32), np.asarray(img.dataobj))
+
+
+def test_stored_voxels_apply_the_file_scaling(tmp_path: Path) -> None:
+    """A CT as dcm2niix writes unsigned pixels: int16 0..4065 with scl_inter -1000 is HU -1000..3065."""
+    raw = np.arange(0, 4066, 5, dtype=np.int16).reshape(1, 1, -1)
+    img = nib.Nifti1Image(raw, np.eye(4))
+    img.header.set_slope_inter(1.0, -1000.0)
+    nib.save(img, tmp_path / "ct.nii")
+    loaded = load_nifti(tmp_path / "ct.nii")
+    assert loaded.header.get_slope_inter() == (None, None)  # nibabel moves the scaling to the array proxy
+    hu = stored_voxels(loaded)
+    assert hu.dtype == np.float32 and hu.min() == -1000.0 and hu.max() == 3065.0
+    np.testing.assert_array_equal(hu, raw.astype(np.float32) - 1000.0)
+    nib.save(nib.Nifti1Image(raw, np.eye(4)), tmp_path / "plain.nii")
+    plain = stored_voxels(load_nifti(tmp_path / "plain.nii"))
+    assert plain.dtype == np.int16 and np.array_equal(plain, raw)  # unscaled integers keep their type
+    assert stored_voxels(nib.Nifti1Image(raw, np.eye(4))).dtype == np.int16  # in memory: as it is

@@ -135,12 +135,51 @@ def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -
         if selector.get("nifti"):  # a NIfTI file has no header to choose between several modalities
             declared_modality(selector.get("modality"), sequence=name)
     ref_nifti = sequences[config["reference_sequence"]].get("nifti")
-    if ref_nifti and config.get("postprocess", {}).get("dicom_seg"):
+    if ref_nifti and config.get("postprocess", {}).get("dicom_seg") and config["automatic_segmentation"]:
         raise ConfigError(
             f"  postprocess.dicom_seg: true needs a DICOM reference series, but sequences."
             f"{config['reference_sequence']}.nifti is {ref_nifti!r}; set postprocess.dicom_seg: false"
         )
+    if not config["automatic_segmentation"] and "auto" in config["radiomics"]["sources"]:
+        raise ConfigError(
+            "  radiomics.sources: lists 'auto', but automatic_segmentation is false (a radiomics-only run makes no "
+            "automatic mask); set radiomics.sources: [human], or automatic_segmentation: true"
+        )
     return config
+
+
+def check_radiomics_only(config: Mapping[str, Any], subjects: Sequence[str], labelled: Sequence[str]) -> None:
+    """Start-of-run check of a radiomics-only run (``automatic_segmentation: false``); no-op otherwise.
+
+    Parameters
+    ----------
+    config
+        The validated workflow config.
+    subjects
+        Subjects of the run (subject sheet, minus the sign-off's exclusions).
+    labelled
+        Those with a human label: in a radiomics-only run the only ones that get features.
+
+    Raises
+    ------
+    ConfigError
+        When no subject has a label, so that the run would have no mask to extract features from.
+    """
+    if config["automatic_segmentation"]:
+        return
+    if not labelled:
+        raise ConfigError(
+            "automatic_segmentation is false (radiomics-only run) but no subject has a label: fill the sheet's "
+            "label column (NIfTI mask, RTSTRUCT or DICOM-SEG)",
+            path=config["subjects"],
+        )
+    unlabelled = sorted(set(subjects) - set(labelled))
+    if unlabelled:
+        logger.warning(
+            "radiomics-only run (automatic_segmentation: false): %d subject(s) without a label get no features: %s",
+            len(unlabelled),
+            ", ".join(unlabelled),
+        )
 
 
 def nifti_inputs(config: Mapping[str, Any]) -> list[str]:

@@ -125,10 +125,16 @@ def save_png(fig: Figure, path: str | Path, *, dpi: float | None = None) -> Path
 
 
 def stored_voxels(img: nib.Nifti1Image) -> npt.NDArray[Any]:
-    """Voxel values with the header's scaling applied; unscaled images keep their stored dtype."""
-    slope, inter = img.header.get_slope_inter()
+    """Voxel values with the file's scaling (scl_slope / scl_inter) applied; unscaled images keep their stored dtype.
+
+    The scaling is read from the array proxy: once nibabel has loaded a file it moves scl_slope / scl_inter
+    there and ``img.header.get_slope_inter()`` returns ``(None, None)``, so reading the header would drop a CT's
+    rescale intercept (dcm2niix stores unsigned CT pixels with ``scl_inter = -1000`` or ``-1024``).
+    """
     proxy: Any = img.dataobj
-    if slope in (None, 1.0) and inter in (None, 0.0):
+    if not nib.is_proxy(proxy):  # an image made in memory holds its values as they are
+        return np.asarray(proxy)
+    if proxy.slope == 1.0 and proxy.inter == 0.0:
         return np.asarray(proxy.get_unscaled())
     return np.asarray(proxy, dtype=np.float64).astype(np.float32)
 
