@@ -107,7 +107,9 @@ def mini_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("mini")
     (work / "Snakefile").write_text(MINI_SNAKEFILE)
     (work / "caption.rst").write_text("QC image of stage {{ snakemake.wildcards.stage }} for one subject.\n")
-    (work / "config.yaml").write_text(f"repo: {REPO}\nsubjects: resources/subjects.tsv\nseed: 3\ndeterministic: true\n")
+    (work / "config.yaml").write_text(  # the keys rules/audit.smk reads (a real run gets them from the schema)
+        f"repo: {REPO}\nsubjects: resources/subjects.tsv\nseed: 3\ndeterministic: true\nreview: {{signoff: null}}\n"
+    )
     dicom = work / "resources" / PLANTED_PHI  # an export folder named after the patient
     for subject in ("01", "02"):
         (dicom / subject).mkdir(parents=True)
