@@ -16,6 +16,11 @@ stop() {  # stop NAME: TERM the recorded pid, wait up to 20 s, then KILL
   fi
   rm -f "$f"
 }
+# Cancel what is still queued or running, so that no saved controller state holds a job.
+if [[ -f $STATE/started/slurmctld.pid ]] && kill -0 "$(cat "$STATE/started/slurmctld.pid")" 2>/dev/null; then
+  SLURM_CONF="$STATE/etc/slurm.conf" timeout 20 scancel --user="$(id -un)" 2>/dev/null \
+    && log "cancelled the jobs still queued or running"
+fi
 # Reverse start order: compute node, controller, accounting, database, authentication.
 for d in slurmd slurmctld slurmdbd mariadbd munged; do stop "$d"; done
 # The /etc/slurm/slurm.conf link up.sh made (only if it still points to our configuration).

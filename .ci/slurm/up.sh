@@ -11,7 +11,7 @@
 # Once down.sh has run, no SLURM configuration is left where clients look, so plain snakemake calls do
 # not wait ~10 s on a dead controller (the slurm executor plugin runs `scontrol show config` whenever it
 # is imported, i.e. on every snakemake call, as soon as `sinfo` is on PATH).
-# Idempotent: a second call with the cluster up returns at once. Every wait is bounded by `timeout`.
+# Idempotent: a second call with the cluster up returns at once; otherwise it starts from a clean state. Every wait is bounded by `timeout`.
 set -euo pipefail
 
 STATE="${MEDPIPE_SLURM_DIR:-/tmp/medpipe-slurm}"
@@ -31,6 +31,12 @@ if alive "$STATE/started/slurmctld.pid" && alive "$STATE/started/slurmd.pid" \
   log "cluster already up (SLURM_CONF=$SLURM_CONF)"
   exit 0
 fi
+
+# Not (fully) up: start from a clean state. A cluster stopped while a job still ran (a killed test
+# run) would otherwise recover that job from its saved state, keep the node allocated and never
+# become idle; its accounting database would still hold the old job IDs the new jobs reuse.
+"$(dirname "$0")/down.sh"
+rm -rf "${STATE:?}"/{ctld,spool,mysql,started,log}
 
 # ---------------------------------------------------------------- packages (idempotent)
 missing=()
