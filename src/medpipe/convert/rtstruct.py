@@ -24,13 +24,12 @@ import pydicom
 from matplotlib.path import Path as PolygonPath
 
 from medpipe.core.errors import DataError, DicomError, GeometryError
-from medpipe.core.geometry import Geometry
+from medpipe.core.geometry import Geometry, flip_lps_ras
 
 logger = logging.getLogger(__name__)
 
 #: A contour's plane may sit this far (in voxels) from a slice centre before it is reported.
 PLANE_TOL_VOX = 0.1
-_LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
 
 @dataclass
@@ -123,7 +122,7 @@ def _contour_voxels(contour: Any, inv: npt.NDArray[Any]) -> tuple[npt.NDArray[np
     The points are ``None`` for a contour that encloses no area (not ``CLOSED_PLANAR`` or fewer than 3 points).
     """
     kind = str(contour.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
-    pts = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3) * _LPS_TO_RAS
+    pts = flip_lps_ras(np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3))
     if kind != "CLOSED_PLANAR" or len(pts) < 3:
         return None, kind
     return np.column_stack([pts, np.ones(len(pts))]) @ inv.T, kind

@@ -22,6 +22,26 @@ logger = logging.getLogger(__name__)
 #: Default tolerance (mm) when comparing world coordinates of two grids.
 WORLD_ATOL_MM = 1e-3
 
+#: DICOM / ITK / ANTs world coordinates are LPS, NIfTI's RAS+: x and y flip. The homogeneous 4 x 4
+#: matrix is its own inverse (RAS -> LPS and LPS -> RAS alike).
+LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def flip_lps_ras(points: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """World points (N x 3) from LPS to RAS or back.
+
+    Parameters
+    ----------
+    points
+        Coordinates in mm with x, y, z along the last axis.
+
+    Returns
+    -------
+    numpy.ndarray
+        The same points with x and y negated (float64).
+    """
+    return np.asarray(points, dtype=np.float64) * LPS_RAS.diagonal()[:3]
+
 
 @dataclass(frozen=True)
 class Geometry:

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medpipe.core.errors import DataError
-from medpipe.core.geometry import Geometry
+from medpipe.core.geometry import LPS_RAS, Geometry
 
 if TYPE_CHECKING:
     import ants
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
-
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @contextmanager
@@ -221,7 +219,7 @@ def nib_to_sitk(img: nib.Nifti1Image, dtype: npt.DTypeLike | None = None) -> sit
     if dtype is not None:
         data = data.astype(dtype)
     out = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
-    m = _LPS @ np.asarray(img.affine, dtype=np.float64)
+    m = LPS_RAS @ np.asarray(img.affine, dtype=np.float64)
     spacing = np.sqrt((m[:3, :3] ** 2).sum(axis=0))
     out.SetSpacing([float(s) for s in spacing])
     out.SetDirection([float(v) for v in (m[:3, :3] / spacing).ravel()])
@@ -235,7 +233,7 @@ def _sitk_ras_affine(img: sitk.Image) -> npt.NDArray[np.float64]:
     m = np.eye(4)
     m[:3, :3] = direction * np.asarray(img.GetSpacing())
     m[:3, 3] = img.GetOrigin()
-    return np.asarray(_LPS @ m, dtype=np.float64)
+    return np.asarray(LPS_RAS @ m, dtype=np.float64)
 
 
 def sitk_to_nib(img: sitk.Image) -> nib.Nifti1Image:
@@ -285,7 +283,7 @@ def nib_to_ants(img: nib.Nifti1Image) -> ants.ANTsImage:
     """Convert a 3D nibabel image to an ANTs image (float32, same world coordinates)."""
     import ants
 
-    m = _LPS @ np.asarray(img.affine, dtype=np.float64)
+    m = LPS_RAS @ np.asarray(img.affine, dtype=np.float64)
     spacing = np.sqrt((m[:3, :3] ** 2).sum(axis=0))
     data = np.asarray(img.dataobj, dtype=np.float32)
     return ants.from_numpy(
@@ -301,4 +299,4 @@ def ants_to_nib(img: ants.ANTsImage) -> nib.Nifti1Image:
     m = np.eye(4)
     m[:3, :3] = np.asarray(img.direction, dtype=np.float64) * np.asarray(img.spacing)
     m[:3, 3] = img.origin
-    return nib.Nifti1Image(img.numpy(), _LPS @ m)
+    return nib.Nifti1Image(img.numpy(), LPS_RAS @ m)

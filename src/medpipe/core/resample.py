@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medpipe.core.errors import DataError, GeometryError
-from medpipe.core.geometry import Geometry, check_finite, check_same_grid, geometry_of
+from medpipe.core.geometry import LPS_RAS, Geometry, check_finite, check_same_grid, geometry_of
 from medpipe.core.io import load_nifti, save_like
 from medpipe.core.sidecar import write_sidecar
 
@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 #: Interpolators accepted by :func:`resample_to_grid`.
 INTERPOLATIONS = ("nearest", "linear", "bspline", "label")
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def target_grid(reference: Geometry, spacing_mm: Sequence[float] | None) -> Geometry:
@@ -77,7 +76,7 @@ def _to_sitk(data: npt.NDArray[Any], geometry: Geometry) -> Any:
     import SimpleITK as sitk
 
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0)))
-    m = _LPS @ geometry.affine
+    m = LPS_RAS @ geometry.affine
     spacing = np.sqrt((m[:3, :3] ** 2).sum(axis=0))
     img.SetSpacing([float(s) for s in spacing])
     img.SetDirection([float(v) for v in (m[:3, :3] / spacing).ravel()])

@@ -20,6 +20,8 @@ import numpy.typing as npt
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
+from medpipe.core.geometry import LPS_RAS
+
 logger = logging.getLogger(__name__)
 
 F64 = npt.NDArray[np.float64]
@@ -27,8 +29,6 @@ F64 = npt.NDArray[np.float64]
 #: Field of view (mm) of every demo acquisition and its centre (RAS mm): the head, cropped.
 FOV_MM = (186.0, 222.0, 180.0)
 FOV_CENTRE_MM = (0.0, -17.0, 14.0)
-#: RAS <-> LPS.
-LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -73,11 +73,11 @@ def dicom_geometry(grid: DemoGrid) -> tuple[list[float], F64, list[float]]:
     """
     a = grid.affine
     sx, sy, _ = grid.spacing
-    row_dir = -(LPS[:3, :3] @ a[:3, 0]) / sx
-    col_dir = -(LPS[:3, :3] @ a[:3, 1]) / sy
+    row_dir = -(LPS_RAS[:3, :3] @ a[:3, 0]) / sx
+    col_dir = -(LPS_RAS[:3, :3] @ a[:3, 1]) / sy
     nx, ny, nz = grid.shape
     first = np.array([[nx - 1.0, ny - 1.0, float(k), 1.0] for k in range(nz)])
-    ipp = (LPS @ a @ first.T).T[:, :3]
+    ipp = (LPS_RAS @ a @ first.T).T[:, :3]
     iop = [float(v) for v in (*row_dir, *col_dir)]
     return [round(v, 8) for v in iop], ipp, [sy, sx]
 

@@ -16,13 +16,12 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
-from medpipe.core.geometry import Geometry
+from medpipe.core.geometry import LPS_RAS, Geometry
 from medpipe.core.io import save_nifti
 from medpipe.core.sidecar import write_json, write_sidecar
 from medpipe.demo.anatomy import SIGNAL, Template, pick_lesion_centre, sample_template, tissue_signal
 from medpipe.demo.dicom_series import (
     FOV_CENTRE_MM,
-    LPS,
     DemoGrid,
     SeriesInfo,
     StudyInfo,
@@ -153,7 +152,7 @@ def _transform_record(motion: F64, rot: F64, trans: F64, centre: F64) -> dict[st
         "rotation_convention": "scipy Rotation.from_euler('xyz', degrees=True), about centre_mm",
         "translation_mm": [round(float(v), 6) for v in trans],
         "centre_mm": [round(float(v), 6) for v in centre],
-        "ants_fixed_t1w_to_moving_t2w_lps": _m(LPS @ motion @ LPS),
+        "ants_fixed_t1w_to_moving_t2w_lps": _m(LPS_RAS @ motion @ LPS_RAS),
         "ants_note": "ANTs registration of moving T2w onto fixed T1w recovers this LPS matrix (fixed -> moving).",
     }
 

@@ -29,6 +29,7 @@ from pydicom.valuerep import DA, TM
 
 from medpipe import __version__
 from medpipe.core.errors import DicomError, GeometryError
+from medpipe.core.geometry import LPS_RAS
 from medpipe.core.io import atomic_path, load_nifti
 from medpipe.core.sidecar import read_sidecar, write_sidecar
 
@@ -36,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 #: Largest distance (in mask voxels) between a DICOM pixel centre and the nearest mask voxel centre.
 INDEX_TOL = 0.01
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 #: Attributes emptied (type 2) or removed (type 3) from the Segmentation when de-identifying.
 _EMPTIED = ("PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName", "StudyID")
 _REMOVED = (
@@ -116,7 +116,7 @@ def mask_frames(
             + row_dir[:, None, None] * (c * d_col)
             + col_dir[:, None, None] * (r * d_row)
         )
-        ras = np.tensordot(_LPS_TO_RAS, lps, axes=1)
+        ras = np.tensordot(LPS_RAS[:3, :3], lps, axes=1)
         idx = np.tensordot(to_index[:3, :3], ras, axes=1) + to_index[:3, 3][:, None, None]
         rounded = np.rint(idx)
         off = float(np.abs(idx - rounded).max())

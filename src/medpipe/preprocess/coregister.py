@@ -31,7 +31,7 @@ import numpy as np
 from medpipe.core.config import with_defaults
 from medpipe.core.determinism import ants_deterministic
 from medpipe.core.errors import ConfigError, DataError
-from medpipe.core.geometry import check_finite, check_same_grid, geometry_of
+from medpipe.core.geometry import check_finite, check_same_grid, flip_lps_ras, geometry_of
 from medpipe.core.io import atomic_path, load_nifti, nib_to_ants, save_like
 from medpipe.core.qc import save_checkerboard
 from medpipe.core.sidecar import write_sidecar
@@ -242,9 +242,9 @@ def apply_transform_to_points(points_ras: np.ndarray, transform: str | Path) -> 
     import ants
 
     tx = ants.read_transform(str(transform))
-    lps = np.asarray(points_ras, dtype=np.float64) * np.array([-1.0, -1.0, 1.0])
+    lps = flip_lps_ras(points_ras)
     moved = np.array([tx.apply_to_point(tuple(float(v) for v in p)) for p in lps])
-    return moved.reshape(-1, 3) * np.array([-1.0, -1.0, 1.0])
+    return flip_lps_ras(moved.reshape(-1, 3))
 
 
 def apply_linear_transform(
