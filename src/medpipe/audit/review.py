@@ -28,7 +28,7 @@ import pandas as pd
 
 from medpipe.audit.manifest import write_html_tables
 from medpipe.core.errors import ConfigError, DataError
-from medpipe.core.io import atomic_path
+from medpipe.core.io import write_tsv
 from medpipe.core.records import UncertaintyRecord, is_uncertainty_record, subject_from_name
 
 logger = logging.getLogger(__name__)
@@ -236,8 +236,7 @@ def write_flagged_cases(
             }
         )
     table = pd.DataFrame(rows, columns=[*SIGNOFF_COLUMNS, "reason", "score", "threshold"])
-    with atomic_path(out_tsv) as tmp:
-        table.to_csv(tmp, sep="\t", index=False)
+    write_tsv(table, out_tsv, na_rep="")  # the sign-off sheet's empty fields are empty, not NA
     if out_html is not None:
         intro = (
             f"{len(cases)} of {len(records)} case records are flagged for review. Fill 'decision' "

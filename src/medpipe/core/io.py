@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,17 +66,28 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 NA_REP = "NA"
 
 
-def read_feature_table(path: str | Path) -> pd.DataFrame:
-    """The long radiomics feature table (``results/radiomics/features.tsv``) as the radiomics stage wrote it.
+def read_tsv(path: str | Path, *, dtype: Mapping[str, type] | None = None) -> pd.DataFrame:
+    """A table as :func:`write_tsv` wrote it: :data:`NA_REP` is the only missing value.
 
-    Subject IDs and IBSI codes stay text, :data:`NA_REP` is the only missing value. Read by the stats and
-    signature stages (one reader for the one writer, :func:`medpipe.radiomics.extract.collect`).
+    Parameters
+    ----------
+    path
+        The TSV file.
+    dtype
+        Column types to keep (e.g. ``{"subject": str}`` so that IDs such as ``001`` stay text).
     """
     import pandas as pd
 
-    return pd.read_csv(
-        path, sep="\t", keep_default_na=False, na_values=[NA_REP], dtype={"subject": str, "ibsi_code": str}
-    )
+    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[NA_REP], dtype=dict(dtype or {}))
+
+
+def read_feature_table(path: str | Path) -> pd.DataFrame:
+    """The long radiomics feature table (``results/radiomics/features.tsv``) as the radiomics stage wrote it.
+
+    Subject IDs and IBSI codes stay text. Read by the stats and signature stages (one reader for the one
+    writer, :func:`medpipe.radiomics.extract.collect`).
+    """
+    return read_tsv(path, dtype={"subject": str, "ibsi_code": str})
 
 
 def write_tsv(table: pd.DataFrame, path: str | Path, *, na_rep: str = NA_REP, float_format: str | None = None) -> Path:

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from medpipe.core.errors import ConfigError, DataError
-from medpipe.core.io import read_feature_table, write_tsv
+from medpipe.core.io import read_feature_table, read_tsv, write_tsv
 from medpipe.core.sidecar import package_versions, sha256_file, write_json
 from medpipe.signature.compare import compare_sources
 from medpipe.signature.features import feature_matrix, preselect
@@ -50,7 +50,7 @@ def preselection_keys(
         path = tables[column]
         if path is None:
             raise ConfigError(f"signature.preselect: {how!r} needs the {column} table of the stats stage")
-        table = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["NA"])
+        table = read_tsv(path)
         chosen = set(table.loc[table[column].astype(str).str.lower().eq("true"), "feature"].astype(str))
         keys = chosen if keys is None else keys & chosen
     if keys is not None and not keys:
@@ -121,7 +121,7 @@ def signature_report(
 
 
 def _read_oof(path: str | Path) -> pd.DataFrame:
-    table = pd.read_csv(path, sep="\t", dtype={"subject": str})
+    table = read_tsv(path, dtype={"subject": str})
     missing = set(OOF_COLUMNS) - set(table.columns)
     if missing:
         raise DataError(f"out-of-fold table lacks columns {sorted(missing)}", path=path)
