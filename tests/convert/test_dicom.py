@@ -130,7 +130,7 @@ def test_declared_modality_contradicting_the_header_stops(tmp_path: Path, series
         assert "contradicts the DICOM header: Modality (0008,0060) is MR" in msg
         assert "sequences.T1w.modality" in msg
     assert not (tmp_path / "out").exists()
-    _convert(tmp_path / "dicom", tmp_path / "ok", {**SELECT_T1, "modality": "mr"})
+    _convert(tmp_path / "dicom", tmp_path / "ok", {**SELECT_T1, "modality": "MR"})
     assert json.loads((tmp_path / "ok" / "sub-S01_T1w.json").read_text())["modality"] == "MR"
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from medpipe.convert.discover import group_series, parse_selector, scan_dicom_folder, select_series
+from medpipe.core.config import section_schema
 from medpipe.core.errors import ConfigError, DicomError
 
 
@@ -80,7 +81,15 @@ def test_selector_validation() -> None:
         parse_selector({"series_descr": "x"}, sequence="T1w")
     with pytest.raises(ConfigError, match="regular expression"):
         parse_selector({"series_description": "("}, sequence="T1w")
-    assert parse_selector({"modality": "mr"}, sequence="T1w").modality == ("MR",)
+    assert parse_selector({"modality": "MR"}, sequence="T1w").modality == ("MR",)
+    # Values the workflow's schema refuses are refused here too, naming the sequence and the key.
+    for bad in ({"modality": "mr"}, {"gantry_tilt": "ignore"}, {"min_slices": 0}):
+        with pytest.raises(ConfigError, match=rf"sequences\.T1w\.{next(iter(bad))}: "):
+            parse_selector(bad, sequence="T1w")
+    # Defaults are the schema's.
+    sel = parse_selector({}, sequence="T1w")
+    schema = section_schema("sequences", "*")["properties"]
+    assert sel.as_dict() == {k: schema[k]["default"] for k in sel.as_dict()}
 
 
 def test_missing_folder_and_empty_folder(tmp_path: Path) -> None:

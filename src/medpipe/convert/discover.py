@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from medpipe.convert.deid import redact
+from medpipe.core.config import with_defaults
 from medpipe.core.errors import ConfigError, DicomError
 from medpipe.core.records import MODALITY_TAG
 
@@ -138,18 +139,21 @@ class Selector:
     min_slices
         Fewest slices accepted as a volume.
     gantry_tilt
-        ``refuse`` (default) or ``resample`` (use dcm2niix's tilt-corrected output).
+        ``refuse`` or ``resample`` (use dcm2niix's tilt-corrected output).
+
+    Defaults and allowed values are the schema's (``sequences.<name>`` in ``config.schema.yaml``);
+    build one with :func:`parse_selector`.
     """
 
-    series_description: str | None = None
-    modality: tuple[str, ...] = ()
-    series_uid: str | None = None
-    echo_number: int | None = None
-    acquisition_number: int | None = None
-    exclude_image_type: tuple[str, ...] = ("LOCALIZER", "SCOUT")
-    allow_4d: bool = False
-    min_slices: int = 3
-    gantry_tilt: str = "refuse"
+    series_description: str | None
+    modality: tuple[str, ...]
+    series_uid: str | None
+    echo_number: int | None
+    acquisition_number: int | None
+    exclude_image_type: tuple[str, ...]
+    allow_4d: bool
+    min_slices: int
+    gantry_tilt: str
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (recorded in sidecars)."""
@@ -167,12 +171,22 @@ class Selector:
 
 
 def parse_selector(raw: Mapping[str, Any], *, sequence: str) -> Selector:
-    """Validate a selector mapping from config; unknown keys raise :class:`ConfigError`."""
+    """Validate a selector mapping from config against the schema and fill its defaults.
+
+    Raises
+    ------
+    ConfigError
+        Unknown keys, a value the schema refuses, or an invalid regular expression, naming the sequence.
+    """
     known = set(Selector.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"sequences.{sequence}: unknown selector key(s) {unknown}; known: {sorted(known)}")
-    kw: dict[str, Any] = dict(raw)
+    try:
+        kw: dict[str, Any] = with_defaults(raw, "sequences", "*")
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("sequences.*", f"sequences.{sequence}")) from exc
+    kw.pop("nifti", None)
     for key in ("modality", "exclude_image_type"):
         if key in kw:
             value = kw[key]
@@ -184,8 +198,6 @@ def parse_selector(raw: Mapping[str, Any], *, sequence: str) -> Selector:
             raise ConfigError(
                 f"sequences.{sequence}.series_description is not a valid regular expression: {exc}"
             ) from exc
-    if kw.get("gantry_tilt", "refuse") not in ("refuse", "resample"):
-        raise ConfigError(f"sequences.{sequence}.gantry_tilt must be 'refuse' or 'resample', got {kw['gantry_tilt']!r}")
     return Selector(**kw)
 
 

@@ -68,13 +68,20 @@ def _config_schema() -> dict[str, Any]:
 
 
 def section_schema(*keys: str) -> dict[str, Any]:
-    """The sub-schema of ``config.schema.yaml`` for the config section ``keys`` (e.g. ``"preprocess", "n4"``)."""
+    """The sub-schema of ``config.schema.yaml`` for the config section ``keys`` (e.g. ``"preprocess", "n4"``).
+
+    ``"*"`` stands for any key of a mapping whose values share one schema (``"sequences", "*"``: one
+    sequence's selector).
+    """
     node = _config_schema()
     for i, key in enumerate(keys):
         props = node.get("properties", {})
-        if key not in props:
+        if key == "*" and isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        elif key in props:
+            node = props[key]
+        else:
             raise ConfigError(f"config schema has no section {'.'.join(keys[: i + 1])!r}", path=CONFIG_SCHEMA)
-        node = props[key]
     return node
 
 
