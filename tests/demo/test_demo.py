@@ -242,6 +242,13 @@ def test_settings_are_validated(tmp_path: Path) -> None:
         DemoSettings.from_config({"n_subject": 3})
     with pytest.raises(ConfigError, match="spacing_mm"):
         DemoSettings.from_config({"spacing_mm": [1.5, 1.5]})
+    # The generator's ranges are the schema's (one place), for config sections and direct calls alike.
+    for bad in ({"n_subjects": 100}, {"n_subjects": 0}, {"spacing_mm": [0.2, 1.0, 1.0]}, {"seed": -1}):
+        key = next(iter(bad))
+        with pytest.raises(ConfigError, match=rf"demo\.{key}"):
+            DemoSettings.from_config(bad)
+        with pytest.raises(ConfigError, match=rf"demo\.{key}"):
+            DemoSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in bad.items()}).validate()
     assert DemoSettings.from_config({"seed": 3}) == DemoSettings(seed=3)
     foreign = tmp_path / "foreign"
     (foreign / "dicom").mkdir(parents=True)
