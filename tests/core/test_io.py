@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medpipe.core.errors import DataError
+from medpipe.core import io as io_module
+from medpipe.core.errors import DataError, GeometryError
+from medpipe.core.geometry import Geometry
 from medpipe.core.io import (
     ants_to_nib,
     load_nifti,
     nib_to_ants,
     nib_to_sitk,
+    save_checked,
     save_nifti,
     sitk_to_nib,
     stored_voxels,
@@ -91,3 +94,20 @@ def test_stored_voxels_apply_the_file_scaling(tmp_path: Path) -> None:
     plain = stored_voxels(load_nifti(tmp_path / "plain.nii"))
     assert plain.dtype == np.int16 and np.array_equal(plain, raw)  # unscaled integers keep their type
     assert stored_voxels(nib.Nifti1Image(raw, np.eye(4))).dtype == np.int16  # in memory: as it is
+
+
+def test_save_checked_reads_back_the_written_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = Geometry((4, 5, 6), np.diag([2.0, 2.0, 3.0, 1.0]))
+    data = np.arange(120, dtype=np.float32).reshape(4, 5, 6)
+    out = save_checked(data, grid, tmp_path / "ok.nii.gz", dtype=np.float32, what="test output", subject="S1")
+    np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), data)
+    real = io_module.save_nifti
+
+    def shifted(arr: np.ndarray, affine: np.ndarray, path: Path, **kw: object) -> Path:
+        moved = affine.copy()
+        moved[0, 3] += 1.0  # a writer that lands 1 mm off the grid it was given
+        return real(arr, moved, path, **kw)
+
+    monkeypatch.setattr(io_module, "save_nifti", shifted)
+    with pytest.raises(GeometryError, match=r"\[subject S1, file .*bad\.nii\.gz\] test output: grids differ"):
+        save_checked(data, grid, tmp_path / "bad.nii.gz", dtype=np.float32, what="test output", subject="S1")

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medpipe.core.errors import DataError
-from medpipe.core.geometry import LPS_RAS, Geometry
+from medpipe.core.geometry import LPS_RAS, Geometry, check_same_grid, geometry_of
 
 if TYPE_CHECKING:
     import ants
@@ -217,6 +217,25 @@ def save_like(
     if tuple(np.shape(data)[:3]) != tuple(reference.shape[:3]):
         raise DataError(f"array shape {np.shape(data)} does not fit grid {reference.shape}", path=path)
     return save_nifti(data, reference.affine, path, dtype=dtype)
+
+
+def save_checked(
+    data: npt.NDArray[Any],
+    grid: Geometry,
+    path: str | Path,
+    *,
+    dtype: npt.DTypeLike,
+    what: str,
+    subject: str | None = None,
+) -> Path:
+    """Write a stage's output on ``grid`` and check, from the written file, that it landed there.
+
+    The stage-boundary check of every image-writing stage: orientation, spacing and origin of the file
+    as a reader will see it (:func:`medpipe.core.geometry.check_same_grid`, message ``what``).
+    """
+    save_like(data, grid, path, dtype=dtype)
+    check_same_grid(geometry_of(load_nifti(path, subject=subject)), grid, what=what, subject=subject, path=path)
+    return Path(path)
 
 
 # --- SimpleITK -----------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from medpipe.core.errors import DataError, GeometryError
-from medpipe.core.geometry import LPS_RAS, Geometry, check_finite, check_same_grid, geometry_of
-from medpipe.core.io import load_nifti, save_like
+from medpipe.core.geometry import LPS_RAS, Geometry, check_finite, geometry_of
+from medpipe.core.io import load_nifti, save_checked
 from medpipe.core.sidecar import write_sidecar
 
 logger = logging.getLogger(__name__)
@@ -215,13 +215,8 @@ def resample_label_like(label: str | Path, reference: str | Path, out: str | Pat
             subject=subject,
             path=label,
         )
-    save_like(resampled.astype(np.uint8), target, out, dtype=np.uint8)
-    check_same_grid(
-        geometry_of(load_nifti(out, subject=subject)),
-        target,
-        what="resampled label vs reference",
-        subject=subject,
-        path=out,
+    save_checked(
+        resampled.astype(np.uint8), target, out, dtype=np.uint8, what="resampled label vs reference", subject=subject
     )
     write_sidecar(
         out,

@@ -31,8 +31,8 @@ import numpy as np
 from medpipe.core.config import with_defaults
 from medpipe.core.determinism import ants_deterministic
 from medpipe.core.errors import ConfigError, DataError
-from medpipe.core.geometry import check_finite, check_same_grid, flip_lps_ras, geometry_of
-from medpipe.core.io import atomic_path, load_nifti, nib_to_ants, save_like
+from medpipe.core.geometry import check_finite, flip_lps_ras, geometry_of
+from medpipe.core.io import atomic_path, load_nifti, nib_to_ants, save_checked
 from medpipe.core.qc import save_checkerboard
 from medpipe.core.sidecar import write_sidecar
 
@@ -208,13 +208,8 @@ def coregister(
             subject=subject,
             path=moving,
         )
-    save_like(moved.astype(np.float32), grid, out_image, dtype=np.float32)
-    check_same_grid(
-        geometry_of(load_nifti(out_image, subject=subject)),
-        grid,
-        what="registered vs fixed",
-        subject=subject,
-        path=out_image,
+    save_checked(
+        moved.astype(np.float32), grid, out_image, dtype=np.float32, what="registered vs fixed", subject=subject
     )
     save_checkerboard(
         np.asarray(fixed_img.dataobj),

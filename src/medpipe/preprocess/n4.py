@@ -33,8 +33,8 @@ import numpy.typing as npt
 from medpipe.core.config import with_defaults
 from medpipe.core.determinism import ants_deterministic
 from medpipe.core.errors import ConfigError, DataError
-from medpipe.core.geometry import Geometry, check_finite, check_same_grid, geometry_of
-from medpipe.core.io import copy_file, load_nifti, nib_to_ants, save_like
+from medpipe.core.geometry import Geometry, check_finite, geometry_of
+from medpipe.core.io import copy_file, load_nifti, nib_to_ants, save_checked, save_like
 from medpipe.core.qc import save_image_panel
 from medpipe.core.records import ModalityRecord
 from medpipe.core.sidecar import write_sidecar
@@ -263,15 +263,8 @@ def _correct(
     if not np.all(np.isfinite(field)) or float(field.min()) <= 0:
         raise DataError("N4 returned an invalid bias field (non-finite or non-positive)", subject=subject, path=image)
     corrected = (data / field).astype(np.float32)
-    save_like(corrected, grid, out_image, dtype=np.float32)
+    save_checked(corrected, grid, out_image, dtype=np.float32, what="N4 output vs input", subject=subject)
     save_like(field.astype(np.float32), grid, out_field, dtype=np.float32)
-    check_same_grid(
-        geometry_of(load_nifti(out_image, subject=subject)),
-        grid,
-        what="N4 output vs input",
-        subject=subject,
-        path=out_image,
-    )
     save_image_panel(
         field,
         out_qc,

@@ -34,7 +34,7 @@ import numpy.typing as npt
 from medpipe.core.config import with_defaults
 from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.geometry import check_finite, check_same_grid, geometry_of
-from medpipe.core.io import load_nifti, save_like
+from medpipe.core.io import load_nifti, save_checked
 from medpipe.core.qc import save_histogram
 from medpipe.core.resample import resample_to_grid, target_grid
 from medpipe.core.sidecar import write_sidecar
@@ -196,14 +196,7 @@ def normalise_image(
         out = normalised
     else:
         out = resample_to_grid(normalised, target, interpolation=s["interpolation"], source=grid).astype(np.float32)
-    save_like(out, target, out_image, dtype=np.float32)
-    check_same_grid(
-        geometry_of(load_nifti(out_image, subject=subject)),
-        target,
-        what="normalised vs target grid",
-        subject=subject,
-        path=out_image,
-    )
+    save_checked(out, target, out_image, dtype=np.float32, what="normalised vs target grid", subject=subject)
     save_histogram(
         {"before (in mask)": data[mask], "after (in mask)": normalised[mask]},
         out_qc,

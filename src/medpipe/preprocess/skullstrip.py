@@ -26,8 +26,8 @@ import numpy.typing as npt
 
 from medpipe.core.config import with_defaults
 from medpipe.core.errors import DataError
-from medpipe.core.geometry import check_finite, check_same_grid, geometry_of
-from medpipe.core.io import load_nifti, save_like
+from medpipe.core.geometry import check_finite, geometry_of
+from medpipe.core.io import load_nifti, save_checked
 from medpipe.core.qc import save_overlay
 from medpipe.core.sidecar import write_sidecar
 
@@ -135,14 +135,7 @@ def skull_strip(
         raise DataError(
             f"brain mask is empty (method {s['method']}); is this a head image?", subject=subject, path=image
         )
-    save_like(mask, grid, out_mask, dtype=np.uint8)
-    check_same_grid(
-        geometry_of(load_nifti(out_mask, subject=subject)),
-        grid,
-        what="brain mask vs image",
-        subject=subject,
-        path=out_mask,
-    )
+    save_checked(mask, grid, out_mask, dtype=np.uint8, what="brain mask vs image", subject=subject)
     volume_ml = float(mask.sum()) * float(np.prod(grid.spacing)) / 1000.0
     save_overlay(
         data,
