@@ -11,8 +11,10 @@ from medpipe.core.config import (
     validate_config,
 )
 from medpipe.core.determinism import export_job_environment
+from medpipe.core.errors import ConfigError
 from medpipe.core.records import uncertainty_path
 from medpipe.core.resources import estimate_mem_mb
+from medpipe.core.sidecar import sidecar_path
 from medpipe.radiomics.perturb import MASK_PERTURBATIONS
 from medpipe.segment.split import assign_folds
 from medpipe.signature.stage import check_signature_config
@@ -165,6 +167,27 @@ def get_training_labels(wildcards):
 
 def get_case_images(wildcards):
     return [_normalised(wildcards.subject, q) for q in SEQUENCES]
+
+
+def get_bundle_inputs(wildcards):
+    """Every fold's model (+ sidecar, learning curve), the split, the training images (+ normalise sidecars) and
+    labels of every labelled subject, and the cross-validation summary: the inputs of rule bundle."""
+    if not (SEGMENT and LABELLED):
+        raise ConfigError(
+            "results/bundle needs trained models: automatic_segmentation is false or no subject has a label"
+        )
+    folds = [f"results/train/fold-{k}" for k in range(N_FOLDS)]
+    images = [_normalised(s, q) for s in LABELLED for q in SEQUENCES]
+    return {
+        "models": [f"{f}/model.pt" for f in folds],
+        "model_sidecars": [f"{f}/model.pt.json" for f in folds],  # read beside each model
+        "curves": [f"{f}/learning_curve.tsv" for f in folds],
+        "folds": "results/split/folds.json",
+        "images": images,
+        "image_sidecars": [str(sidecar_path(p)) for p in images],  # read beside each image
+        "labels": [_label_on_grid(s) for s in LABELLED],
+        "cv_summary": "results/evaluate/summary.tsv",
+    }
 
 
 def get_fold_model(wildcards):

@@ -1,5 +1,6 @@
 # Segmentation: k-fold split by subject, one MONAI U-Net per fold, sliding-window prediction of every
 # subject by the model(s) that never saw it. Models are protected: delete them by hand to retrain.
+# The bundle rule packs the fold models into a portable, verifiable folder (not part of rule all).
 
 
 rule split:
@@ -93,3 +94,29 @@ rule predict:
         settings=config["segmentation"],
     script:
         "../scripts/predict.py"
+
+
+# Every fold's model with its sidecar and learning curve, the split, the preprocessing the models expect
+# (from the normalise sidecars), a fingerprint of the training images, the CV summary, a manifest and a
+# model card. Asked for by name (snakemake results/bundle); `medpipe model verify results/bundle` checks it.
+rule bundle:
+    input:
+        unpack(get_bundle_inputs),
+    output:
+        bundle=directory("results/bundle"),
+    log:
+        "logs/bundle/bundle.log",
+    benchmark:
+        "logs/benchmarks/bundle/bundle.tsv"
+    conda:
+        "../envs/segment.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,  # one subject's images at a time (the fingerprint), not the whole cohort
+        runtime=30,
+    params:
+        subjects=LABELLED,
+        channels=SEQUENCES,
+        label_name=config["label"]["name"],
+    script:
+        "../scripts/bundle.py"

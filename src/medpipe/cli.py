@@ -1,4 +1,4 @@
-"""Command-line interface: ``medpipe demo-data``, ``medpipe sheet`` and ``medpipe audit verify|diff``.
+"""Command-line interface: ``medpipe demo-data``, ``sheet``, ``audit verify|diff`` and ``model export|verify``.
 
 Thin over the package: each sub-command parses its arguments, sets up logging
 (:func:`medpipe.core.logutil.configure`) and calls one medpipe function. Errors raised as
@@ -73,6 +73,21 @@ def _cmd_audit_diff(args: argparse.Namespace) -> int:
     return int(audit.cli_diff(args.run_a, args.run_b, args.out))
 
 
+def _cmd_model_export(args: argparse.Namespace) -> int:
+    from medpipe.segment.bundle import export_run  # imported here: torch is heavy, and optional for demo-data
+
+    export_run(args.results_dir, args.out, label_name=args.label_name)
+    return 0
+
+
+def _cmd_model_verify(args: argparse.Namespace) -> int:
+    from medpipe.segment.bundle import verify_bundle
+
+    digest = verify_bundle(args.bundle)
+    logger.info("bundle %s is intact; its id (sha256 of manifest.json): %s", args.bundle, digest)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``medpipe`` argument parser."""
     parser = argparse.ArgumentParser(prog="medpipe", description=__doc__.splitlines()[0])
@@ -83,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_data(sub)
     _add_sheet(sub)
     _add_audit(sub)
+    _add_model(sub)
     return parser
 
 
@@ -170,6 +186,33 @@ def _add_audit(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     diff.add_argument("run_b", type=Path, metavar="RUN_B")
     diff.add_argument("--out", type=Path, default=None, help="write the comparison report here")
     diff.set_defaults(func=_cmd_audit_diff)
+
+
+def _add_model(sub: _SubParsers[argparse.ArgumentParser]) -> None:
+    """Add the ``model export`` and ``model verify`` sub-commands.
+
+    Parameters
+    ----------
+    sub
+        Sub-parsers of the ``medpipe`` parser.
+    """
+    model = sub.add_parser("model", help="export or verify a bundle of trained segmentation models")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    export = model_sub.add_parser(
+        "export",
+        help="bundle the fold models of a finished run",
+        description="Copy every fold's model, sidecar and learning curve, the split, the preprocessing they expect, "
+        "a training fingerprint and the CV summary into OUT, with a manifest and a model card.",
+    )
+    export.add_argument("results_dir", type=Path, metavar="RESULTS_DIR", help="the run's results folder")
+    export.add_argument("out", type=Path, metavar="OUT", help="bundle folder to write (must not exist or be empty)")
+    export.add_argument(
+        "--label-name", default=None, help="name of the segmented structure (the run's config label.name)"
+    )
+    export.set_defaults(func=_cmd_model_export)
+    verify = model_sub.add_parser("verify", help="re-hash a bundle against its manifest")
+    verify.add_argument("bundle", type=Path, metavar="BUNDLE")
+    verify.set_defaults(func=_cmd_model_verify)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

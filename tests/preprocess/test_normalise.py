@@ -9,11 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medpipe.core.config import normalise_settings as resolve_settings
 from medpipe.core.errors import DataError, GeometryError, MedpipeError
 from medpipe.core.geometry import geometry_of, grid_differences
 from medpipe.core.io import save_nifti
 from medpipe.core.resample import resample_label_like, target_grid
-from medpipe.preprocess.normalise import normalise_array, normalise_image, resolve_settings
+from medpipe.preprocess.normalise import normalise_array, normalise_image
 
 AFFINE = np.array([[-1.2, 0, 0, 20.0], [0, -1.2, 0, 15.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1]])
 

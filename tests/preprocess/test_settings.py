@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medpipe.core.config import allowed_values, section_schema, with_defaults
+from medpipe.core.config import allowed_values, normalise_settings, section_schema, with_defaults
 from medpipe.core.errors import ConfigError
 from medpipe.core.io import nib_to_ants
 from medpipe.core.resample import INTERPOLATIONS
@@ -81,7 +81,7 @@ def test_missing_keys_take_the_schema_defaults(section: str) -> None:
     if section == "coregister":
         assert _settings({}) == defaults
     if section == "normalise":
-        assert normalise.resolve_settings({}, "T1w") == {k: v for k, v in defaults.items() if k != "per_sequence"}
+        assert normalise_settings({}, "T1w") == {k: v for k, v in defaults.items() if k != "per_sequence"}
 
 
 @pytest.mark.parametrize(
@@ -93,9 +93,9 @@ def test_missing_keys_take_the_schema_defaults(section: str) -> None:
         (lambda: _settings({"sampling_rate": 0.2, "smapling_rate": 0.3}), r"preprocess\.coregister.*smapling_rate"),
         (lambda: with_defaults({"mask": "li"}, "preprocess", "n4"), r"preprocess\.n4\.mask"),
         (lambda: with_defaults({"method": "bet2"}, "preprocess", "skullstrip"), r"preprocess\.skullstrip\.method"),
-        (lambda: normalise.resolve_settings({"interpolation": "cubic"}, None), r"preprocess\.normalise\.interpolation"),
+        (lambda: normalise_settings({"interpolation": "cubic"}, None), r"preprocess\.normalise\.interpolation"),
         (
-            lambda: normalise.resolve_settings({"per_sequence": {"CT": {"method": "hu"}}}, "CT"),
+            lambda: normalise_settings({"per_sequence": {"CT": {"method": "hu"}}}, "CT"),
             r"preprocess\.normalise\.per_sequence\.CT\.method",
         ),
     ],
@@ -111,8 +111,8 @@ def test_per_sequence_override_by_method_name_or_mapping() -> None:
         "percentiles": [1, 99],
         "per_sequence": {"T2w": "percentile", "CT": {"window_hu": [-100, 200]}},
     }
-    t2 = normalise.resolve_settings(settings, "T2w")
+    t2 = normalise_settings(settings, "T2w")
     assert t2["method"] == "percentile" and t2["percentiles"] == [1, 99]
-    ct = normalise.resolve_settings(settings, "CT")
+    ct = normalise_settings(settings, "CT")
     assert ct["method"] == "zscore" and ct["window_hu"] == [-100, 200] and ct["percentiles"] == [1, 99]
     assert settings["per_sequence"] == {"T2w": "percentile", "CT": {"window_hu": [-100, 200]}}  # input untouched

@@ -105,6 +105,36 @@ def with_defaults(settings: Mapping[str, Any] | None, *keys: str) -> dict[str, A
     return instance
 
 
+def normalise_settings(settings: Mapping[str, Any], sequence: str | None) -> dict[str, Any]:
+    """Normalisation settings of one sequence: schema defaults, ``settings``, then its ``per_sequence`` entry.
+
+    The one rule, read by the normalise step (:mod:`medpipe.preprocess.normalise`) and by the model bundle's
+    compatibility check (:mod:`medpipe.segment.compatible`).
+
+    Parameters
+    ----------
+    settings
+        A partial or complete ``config["preprocess"]["normalise"]``.
+    sequence
+        Sequence name whose ``per_sequence`` entry (a method name or a mapping of keys) applies; ``None`` for none.
+
+    Returns
+    -------
+    dict
+        The settings of that sequence, without ``per_sequence``.
+
+    Raises
+    ------
+    ConfigError
+        Naming an invalid key (unknown key or a value the schema does not allow).
+    """
+    merged = with_defaults(settings, "preprocess", "normalise")
+    override = merged.pop("per_sequence").get(sequence, {}) if sequence else {}
+    if isinstance(override, str):
+        override = {"method": override}
+    return {**merged, **override}
+
+
 def allowed_values(*keys: str) -> list[Any]:
     """The ``enum`` of a config key in the schema (for the items of an array: the items' enum)."""
     node = section_schema(*keys)

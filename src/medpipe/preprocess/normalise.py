@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from medpipe.core.config import with_defaults
+from medpipe.core.config import normalise_settings
 from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.geometry import check_finite, check_same_grid, geometry_of
 from medpipe.core.io import load_nifti, save_checked
@@ -40,33 +40,6 @@ from medpipe.core.resample import resample_to_grid, target_grid
 from medpipe.core.sidecar import write_sidecar
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_settings(settings: Mapping[str, Any], sequence: str | None) -> dict[str, Any]:
-    """Schema defaults, overlaid by ``settings``, overlaid by ``settings["per_sequence"][sequence]``.
-
-    Parameters
-    ----------
-    settings
-        A partial or complete ``config["preprocess"]["normalise"]``.
-    sequence
-        Sequence name whose ``per_sequence`` entry (a method name or a mapping of keys) applies; ``None`` for none.
-
-    Returns
-    -------
-    dict
-        The settings of that sequence, without ``per_sequence``.
-
-    Raises
-    ------
-    ConfigError
-        Naming an invalid key (unknown key or a value the schema does not allow).
-    """
-    merged = with_defaults(settings, "preprocess", "normalise")
-    override = merged.pop("per_sequence").get(sequence, {}) if sequence else {}
-    if isinstance(override, str):
-        override = {"method": override}
-    return {**merged, **override}
 
 
 def _zscore(
@@ -128,7 +101,7 @@ def normalise_array(
 ) -> npt.NDArray[np.float32]:
     """Normalise ``data`` with statistics over ``mask > 0`` (see the module docstring for methods).
 
-    ``settings`` are resolved ones (:func:`resolve_settings`).
+    ``settings`` are resolved ones (:func:`medpipe.core.config.normalise_settings`).
 
     Raises
     ------
@@ -178,7 +151,7 @@ def normalise_image(
     pathlib.Path
         ``out_image``.
     """
-    s = resolve_settings(settings, sequence)
+    s = normalise_settings(settings, sequence)
     img = load_nifti(image, subject=subject)
     mask_img = load_nifti(brainmask, subject=subject)
     grid = geometry_of(img)
