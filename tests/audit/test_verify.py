@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from medpipe.audit.manifest import read_manifest, write_manifest
-from medpipe.audit.verify import cli_diff, cli_verify, diff_runs, environment_differences, verify
+from medpipe.audit.verify import cli_diff, cli_verify, compare_table, diff_runs, environment_differences, verify
 from medpipe.core.io import save_nifti
 from medpipe.core.sidecar import write_json
 
@@ -158,3 +158,19 @@ def test_environment_differences_name_the_package(tmp_path: Path) -> None:
     assert any("numpy" in d and "0.0.1" in d for d in diffs)
     assert any("deterministic" in d for d in diffs)
     assert environment_differences(ma, None) != []
+
+
+def test_feature_table_text_columns_are_compared_as_text(tmp_path: Path) -> None:
+    header = "subject\tsource\timage_type\tfeature\tvalue\tibsi2_filter\tibsi2_compliance\n"
+    rows = [
+        "01\thuman\toriginal\toriginal_firstorder_Mean\t10.0\tnone\tn/a (no filter)\n",
+        "01\thuman\twavelet-HHL\twavelet-HHL_firstorder_Mean\t2.5\twavelet coif1 HHL level 1 3D\t"
+        "compliant (5.A.1, 6.A.1)\n",
+    ]
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    a.write_text(header + "".join(rows))
+    b.write_text(header + rows[0] + rows[1].replace("compliant (5.A.1, 6.A.1)", "non-compliant (6.A.1: fails)"))
+    same = compare_table(a, a)
+    assert same["max_abs_diff"] == 0.0 and not same["text_cells_differing"]
+    diff = compare_table(a, b)
+    assert diff["column_max_abs_diff"] == {} and diff["text_cells_differing"] == {"ibsi2_compliance": 1}

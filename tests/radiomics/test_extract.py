@@ -13,6 +13,7 @@ from medpipe.core.errors import ConfigError, DataError, GeometryError
 from medpipe.core.io import save_nifti
 from medpipe.core.sidecar import sha256_file
 from medpipe.radiomics.extract import COLUMNS, collect, compute_features, extract_features, load_params
+from medpipe.radiomics.ibsi2_labels import labels
 from medpipe.radiomics.ibsi_preprocess import IbsiSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,6 +67,8 @@ def test_extract_features_table(tmp_path: Path) -> None:
     assert byname.loc["original_glcm_Idm", "ibsi_code"] == "WF0Z"
     derived = table[table["kind"] == "ibsi-derived"]
     assert {"8S9J", "5SPA", "6XV8"} <= set(derived["ibsi_code"]) and derived["value"].isna().all()
+    # IBSI-2 columns: the original image has no filter
+    assert set(zip(table["ibsi2_filter"], table["ibsi2_compliance"], strict=True)) == {("none", "n/a (no filter)")}
     # voxel volume after 2 mm resampling of a ~ 4/3 pi 16*12*12 mm^3 ellipsoid
     volume = 4 / 3 * np.pi * 16 * 12 * 12
     assert byname.loc["original_shape_VoxelVolume", "value"] == pytest.approx(volume, rel=0.1)
@@ -82,6 +85,17 @@ def test_pipeline_mr_params_run(tmp_path: Path) -> None:
     assert "original" in types and any(t.startswith("wavelet-") for t in types)
     assert sum(t.startswith("log-sigma") for t in types) >= 2
     assert np.isfinite(table.loc[table["kind"] == "pyradiomics", "value"]).all()
+    # every row, ibsi-derived ones included, names its IBSI-2 filter and compliance (none read as missing)
+    columns = ["ibsi2_filter", "ibsi2_compliance"]
+    assert table[columns].notna().all().all() and (table[columns] != "").all().all()
+    params, ibsi = load_params(MR_PARAMS)
+    expected = labels(types, params, ibsi.spacing_mm)
+    for image_type, rows in table.groupby("image_type"):
+        assert set(rows["ibsi2_filter"]) == {expected[image_type].filter}
+        assert set(rows["ibsi2_compliance"]) == {expected[image_type].compliance}
+    compliance = table.drop_duplicates("image_type").set_index("image_type")["ibsi2_compliance"]
+    assert compliance["original"] == "n/a (no filter)" and compliance["wavelet-HHL"] == "compliant (5.A.1, 6.A.1)"
+    assert compliance["log-sigma-4-0-mm-3D"].startswith("non-compliant (2.A: fails")
 
 
 def test_geometry_mismatch_names_subject_and_files(tmp_path: Path) -> None:
@@ -128,6 +142,10 @@ def test_collect_sorts_and_checks(tmp_path: Path) -> None:
     odd = extract_features(img, msk, tmp_path / "odd.tsv", subject="S03", source="auto", params_file=other)
     with pytest.raises(DataError, match="settings_hash"):
         collect([*tables, odd], tmp_path / "bad.tsv")
+    old = pd.read_csv(tables[0], sep="\t", dtype=str).drop(columns=["ibsi2_filter", "ibsi2_compliance"])
+    old.to_csv(tmp_path / "old.tsv", sep="\t", index=False)
+    with pytest.raises(DataError, match=r"lacks columns \['ibsi2_filter', 'ibsi2_compliance'\].*--forcerun radiomics"):
+        collect([tmp_path / "old.tsv"], tmp_path / "bad.tsv")
 
 
 # --- pyradiomics' own baselines ------------------------------------------------------------------

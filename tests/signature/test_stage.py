@@ -28,7 +28,15 @@ def _inputs(tmp_path: Path) -> tuple[Path, Path]:
         for i, s in enumerate(SUBJECTS):
             for j in range(values.shape[1]):
                 rows.append(
-                    {"subject": s, "source": source, "kind": "pyradiomics", "feature": f"f{j}", "value": values[i, j]}
+                    {
+                        "subject": s,
+                        "source": source,
+                        "kind": "pyradiomics",
+                        "feature": f"f{j}",
+                        "value": values[i, j],
+                        "ibsi2_filter": "none",  # the feature table's text columns are not features
+                        "ibsi2_compliance": "n/a (no filter)",
+                    }
                 )
     features = write_tsv(pd.DataFrame(rows), tmp_path / "features.tsv")
     outcomes = write_tsv(pd.DataFrame({"subject": SUBJECTS, "response": y}), tmp_path / "outcomes.tsv")

@@ -102,6 +102,13 @@ def test_feature_groups() -> None:
     assert feature_group("log-sigma-2-0-mm-3D", "firstorder") == "LoG"
 
 
+def _ibsi2(image_type: str) -> dict[str, str]:
+    """The feature table's IBSI-2 text columns (the readers must leave them alone)."""
+    if image_type == "original":
+        return {"ibsi2_filter": "none", "ibsi2_compliance": "n/a (no filter)"}
+    return {"ibsi2_filter": f"filter of {image_type}", "ibsi2_compliance": "non-compliant (2.A: fails, a reason)"}
+
+
 def _features(n_subjects: int = 12) -> pd.DataFrame:
     """Synthetic long table: per class one reproducible (tiny noise) and one poor (large noise) feature."""
     rng = np.random.default_rng(0)
@@ -130,6 +137,7 @@ def _features(n_subjects: int = 12) -> pd.DataFrame:
                         "kind": "pyradiomics",
                         "value": v,
                         "ibsi_code": "",
+                        **_ibsi2(image_type),
                     }
                 )
     return pd.DataFrame(rows)

@@ -13,6 +13,13 @@ from medpipe.stats.agreement import icc
 from medpipe.stats.robustness import robustness_report, robustness_tables
 
 
+def _ibsi2(image_type: str) -> dict[str, str]:
+    """The feature table's IBSI-2 text columns (the readers must leave them alone)."""
+    if image_type == "original":
+        return {"ibsi2_filter": "none", "ibsi2_compliance": "n/a (no filter)"}
+    return {"ibsi2_filter": f"filter of {image_type}", "ibsi2_compliance": "non-compliant (2.A: fails, a reason)"}
+
+
 def _features(n: int = 15) -> pd.DataFrame:
     """human + erode + dilate: 'Stable' agrees under both, 'Fragile' breaks under dilate only."""
     rng = np.random.default_rng(3)
@@ -36,6 +43,7 @@ def _features(n: int = 15) -> pd.DataFrame:
                     "kind": "pyradiomics",
                     "value": v,
                     "ibsi_code": "",
+                    **_ibsi2(image_type),
                 }
                 for s, v in enumerate(vals)
             ]

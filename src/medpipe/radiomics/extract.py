@@ -11,7 +11,10 @@ The output is a long table, one row per feature, with provenance on every row (s
 source, pyradiomics version, settings hash, image and mask sha256), the raw pyradiomics value
 (``value``) and, where the feature maps to IBSI-1, its code, name and IBSI-compliant value
 (``ibsi_value``, see :mod:`medpipe.radiomics.ibsi`). Rows of kind ``ibsi-derived`` hold IBSI features that
-pyradiomics does not report under that name (e.g. GLCM dissimilarity); they have no raw value.
+pyradiomics does not report under that name (e.g. GLCM dissimilarity); they have no raw value. Every row also
+names the IBSI-2 filter of its image and its phase-1 compliance (``ibsi2_filter``, ``ibsi2_compliance``, from the
+params that ran, see :mod:`medpipe.radiomics.ibsi2_labels`); filtered images that cannot be made compliant are
+labelled so, not left out.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,8 +37,16 @@ from medpipe.core.geometry import check_same_grid
 from medpipe.core.io import read_sitk, sitk_geometry, write_tsv
 from medpipe.core.sidecar import sha256_file
 from medpipe.radiomics.ibsi import IBSI_MAP, ibsi_values
+from medpipe.radiomics.ibsi2_labels import Ibsi2Label, labels
 from medpipe.radiomics.ibsi_extractor import BIN_START_KEY, IbsiFeatureExtractor
-from medpipe.radiomics.ibsi_preprocess import IbsiSettings, describe, interpolate, resegment, voxel_count
+from medpipe.radiomics.ibsi_preprocess import (
+    IbsiSettings,
+    describe,
+    interpolate,
+    resegment,
+    target_spacing,
+    voxel_count,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +63,8 @@ COLUMNS = [
     "ibsi_name",
     "ibsi_value",
     "ibsi_correction",
+    "ibsi2_filter",
+    "ibsi2_compliance",
     "pyradiomics_version",
     "settings_hash",
     "image_sha256",
@@ -172,35 +185,57 @@ def _split_name(key: str) -> tuple[str, str]:
     return image_type, f"{cls}_{feature}"
 
 
-def feature_rows(raw: Mapping[str, float], ibsi: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
-    """Long-format rows (without provenance) from :func:`compute_features` output."""
+def feature_rows(
+    raw: Mapping[str, float],
+    ibsi: Mapping[str, Mapping[str, float]],
+    *,
+    params: Mapping[str, Any],
+    spacing_mm: Sequence[float] | None,
+) -> list[dict[str, Any]]:
+    """Long-format rows (without provenance) from :func:`compute_features` output.
+
+    Parameters
+    ----------
+    raw, ibsi
+        The two outputs of :func:`compute_features`.
+    params
+        The pyradiomics params it ran with (``imageType``, ``setting``): they give each row's IBSI-2 filter.
+    spacing_mm
+        Voxel spacing (x, y, z) the filters ran on, i.e. after the IBSI interpolation; None when not known.
+    """
     source_to_codes: dict[str, list[str]] = {}
     for code, feat in IBSI_MAP.items():
         if not feat.correction.startswith("derived"):
             source_to_codes.setdefault(feat.source, []).append(code)
+    types = {_split_name(key)[0] for key in raw} | set(ibsi)
+    filters = labels(types, params, spacing_mm)
     rows: list[dict[str, Any]] = []
     for key, value in raw.items():
         image_type, name = _split_name(key)
         codes = [c for c in source_to_codes.get(name, []) if c in ibsi.get(image_type, {})]
         code = codes[0] if codes else ""
-        rows.append(_row(image_type, name, key, "pyradiomics", value, code, ibsi.get(image_type, {})))
+        row = _row(image_type, name, key, "pyradiomics", value, code, ibsi.get(image_type, {}))
+        rows.append({**row, **_ibsi2_columns(filters[image_type])})
     for image_type, values in ibsi.items():
         for code in values:
             feat = IBSI_MAP[code]
             if feat.correction.startswith("derived"):
                 cls = feat.source.split("_", 1)[0]
-                rows.append(
-                    _row(
-                        image_type,
-                        f"{cls}_IBSI{code}",
-                        f"{image_type}_{cls}_IBSI{code}",
-                        "ibsi-derived",
-                        float("nan"),
-                        code,
-                        values,
-                    )
+                row = _row(
+                    image_type,
+                    f"{cls}_IBSI{code}",
+                    f"{image_type}_{cls}_IBSI{code}",
+                    "ibsi-derived",
+                    float("nan"),
+                    code,
+                    values,
                 )
+                rows.append({**row, **_ibsi2_columns(filters[image_type])})
     return rows
+
+
+def _ibsi2_columns(label: Ibsi2Label) -> dict[str, str]:
+    return {"ibsi2_filter": label.filter, "ibsi2_compliance": label.compliance}
 
 
 def _row(
@@ -255,6 +290,7 @@ def extract_features(
         path=mask,
     )
     raw, codes = compute_features(img, msk, params, ibsi, subject=subject)
+    rows = feature_rows(raw, codes, params=params, spacing_mm=target_spacing(img, ibsi))
     provenance = {
         "subject": subject,
         "source": source,
@@ -263,7 +299,7 @@ def extract_features(
         "image_sha256": sha256_file(image),
         "mask_sha256": sha256_file(mask),
     }
-    table = pd.DataFrame([{**provenance, **row} for row in feature_rows(raw, codes)], columns=COLUMNS)
+    table = pd.DataFrame([{**provenance, **row} for row in rows], columns=COLUMNS)
     logger.info(
         "subject %s, mask %s: %d features (%d with an IBSI code)",
         subject,
@@ -288,7 +324,11 @@ def collect(tables: Iterable[str | Path], out: str | Path, out_plot: str | Path 
         )
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:
-            raise DataError(f"feature table lacks columns {missing}", path=path)
+            raise DataError(
+                f"feature table lacks columns {missing}: written by an older medpipe? Re-make it with "
+                "`snakemake --forcerun radiomics`",
+                path=path,
+            )
         frames.append(frame)
     if not frames:
         raise DataError("no feature tables to collect", path=out)

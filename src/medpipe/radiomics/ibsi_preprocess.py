@@ -139,6 +139,15 @@ def _resample(
     )
 
 
+def target_spacing(image: sitk.Image, settings: IbsiSettings) -> tuple[float, float, float]:
+    """Voxel spacing (x, y, z, mm) of the grid :func:`interpolate` puts ``image`` on (its own if no ``spacing_mm``)."""
+    own = tuple(float(s) for s in image.GetSpacing())
+    if settings.spacing_mm is None:
+        return own[0], own[1], own[2]
+    x, y, z = settings.spacing_mm
+    return float(x), float(y), own[2] if settings.in_plane else float(z)
+
+
 def interpolate(image: sitk.Image, mask: sitk.Image, settings: IbsiSettings) -> tuple[sitk.Image, sitk.Image]:
     """Interpolate image and mask onto the IBSI grid (no-op without ``spacing_mm``).
 
@@ -147,9 +156,7 @@ def interpolate(image: sitk.Image, mask: sitk.Image, settings: IbsiSettings) -> 
     img = sitk.Cast(image, sitk.sitkFloat64)
     msk = sitk.Cast(mask > 0, sitk.sitkFloat64)
     if settings.spacing_mm is not None:
-        spacing = list(settings.spacing_mm)
-        if settings.in_plane:
-            spacing[2] = image.GetSpacing()[2]
+        spacing = list(target_spacing(image, settings))
         size, origin = centred_grid(image, spacing)
         img = _resample(img, size, origin, spacing, _INTERPOLATORS[settings.interpolator])
         msk = _resample(msk, size, origin, spacing, sitk.sitkLinear)
