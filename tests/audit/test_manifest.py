@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medpipe.audit.environment import git_state
 from medpipe.audit.manifest import (
     benchmark_timing,
     canonical_hash,
     find_seeds,
-    git_state,
     read_manifest,
     write_manifest,
 )

@@ -8,7 +8,8 @@ The manifest (``results/audit/manifest.json``) is written by the last rule of th
   the deterministic switches (config and environment),
 * ``inputs``: per subject and sheet column, a content digest of the input file or folder (no path:
   folder names of hospital exports can hold patient names),
-* ``hardware``: OS, Python, CPU model, GPU model, driver, CUDA and cuDNN versions,
+* ``hardware``: OS, Python, CPU model, GPU model, driver, CUDA and cuDNN versions (software and hardware
+  facts from :mod:`medpipe.audit.environment`),
 * ``timing``: per-job wall time, start and end from Snakemake benchmark files. Timing differs between
   runs by nature; :mod:`medpipe.audit.verify` ignores it.
 
@@ -23,18 +24,15 @@ import hashlib
 import json
 import logging
 import os
-import platform
-import re
-import subprocess
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 import medpipe
+from medpipe.audit.environment import all_package_versions, git_state, hardware_info, package_version
 from medpipe.core.errors import DataError
 from medpipe.core.io import atomic_path
 from medpipe.core.sidecar import sha256_file, write_json
@@ -95,45 +93,6 @@ def canonical_hash(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def all_package_versions() -> dict[str, str]:
-    """Name -> version of every installed Python distribution (the first found of duplicates)."""
-    out: dict[str, str] = {}
-    for dist in metadata.distributions():
-        name = dist.metadata["Name"]
-        if name and name not in out:
-            out[name] = dist.version
-    return dict(sorted(out.items(), key=lambda kv: kv[0].lower()))
-
-
-def _lookup(packages: Mapping[str, str], name: str) -> str | None:
-    """Version of ``name`` in ``packages`` compared by normalised name (PEP 503)."""
-
-    def norm(n: str) -> str:
-        return re.sub(r"[-_.]+", "-", n).lower()
-
-    wanted = norm(name)
-    return next((v for k, v in packages.items() if norm(k) == wanted), None)
-
-
-def git_state(path: str | Path | None = None) -> dict[str, Any]:
-    """Commit and dirty flag of the git checkout holding medpipe; ``"unknown"`` without git."""
-    where = Path(path) if path is not None else Path(medpipe.__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown", "dirty": "unknown"}
-    return {"commit": head, "dirty": bool(status.strip())}
-
-
 def find_seeds(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Every config value whose key mentions ``seed``, keyed by its dotted path."""
     out: dict[str, Any] = {}
@@ -146,67 +105,23 @@ def find_seeds(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def gpu_info() -> dict[str, Any] | None:
-    """GPU model, driver, CUDA and cuDNN versions through torch; ``None`` without CUDA."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    driver = "unknown"
-    try:
-        driver = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout.split()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        logger.info("nvidia-smi not available: GPU driver version unknown")
-    return {
-        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        "driver": driver,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),
-    }
-
-
-def hardware_info() -> dict[str, Any]:
-    """OS, Python, CPU and GPU of the machine writing the manifest (no host name)."""
-    return {
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "gpu": gpu_info(),
-    }
+#: Subject-sheet columns that name input files or folders.
+PATH_COLUMNS = ("dicom", "label")
 
 
 def input_digests(sheet: pd.DataFrame, base: Path) -> dict[str, dict[str, Any]]:
     """Content digest of each subject's input files/folders named in the subject sheet.
 
     The digest is the sha256 of the sorted (relative path, file sha256) list, so renaming the
-    parent folder does not change it; only the subject ID and sheet column are recorded.
+    parent folder does not change it; only the subject ID and sheet column are recorded. Only the
+    columns that name files (:data:`PATH_COLUMNS`) are read; ``set`` and ``site`` are recorded as they are.
     """
     out: dict[str, dict[str, Any]] = {}
     for _, row in sheet.iterrows():
         subject = str(row["subject"])
-        entry: dict[str, Any] = {}
+        entry: dict[str, Any] = {c: str(row[c]) for c in ("set", "site") if row.get(c)}
         for column, value in row.items():
-            if column == "subject" or not isinstance(value, str) or not value:
+            if column not in PATH_COLUMNS or not isinstance(value, str) or not value:
                 continue
             path = Path(value) if Path(value).is_absolute() else base / value
             files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -387,7 +302,7 @@ def summary_tables(record: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
             [{"stage": s, "files": n, "MB": round(b / 1e6, 3)} for s, (n, b) in sorted(stages.items())]
         ),
         "Key software versions": pd.DataFrame(
-            [{"package": p, "version": _lookup(packages, p) or "not installed"} for p in KEY_PACKAGES]
+            [{"package": p, "version": package_version(packages, p) or "not installed"} for p in KEY_PACKAGES]
         ),
     }
 
@@ -434,7 +349,7 @@ def write_versions_rst(out: str | Path) -> Path:
     git = git_state()
     hw = hardware_info()
     gpu = hw["gpu"]
-    tools = ", ".join(f"{p} {v}" for p in KEY_PACKAGES if (v := _lookup(packages, p)))
+    tools = ", ".join(f"{p} {v}" for p in KEY_PACKAGES if (v := package_version(packages, p)))
     device = ", no GPU"
     if gpu:
         device = f", GPU {', '.join(gpu['devices'])} (CUDA {gpu['cuda']}, cuDNN {gpu['cudnn']})"
