@@ -30,6 +30,11 @@ JOB_ENVIRONMENT = export_job_environment(config["deterministic"])
 EXCLUDED = excluded_subjects(config["review"]["signoff"])
 SUBJECTS = sorted(s for s in SHEET.index if s not in EXCLUDED)
 LABELLED = [s for s in SUBJECTS if SHEET.loc[s, "label"]]
+# Sheet column `set`: only labelled `train` subjects are trained on (k-fold); labelled `test` and `external`
+# subjects are segmented by the ensemble of all folds and scored per set.
+TRAIN_SET = [s for s in LABELLED if SHEET.loc[s, "set"] == "train"]
+SETS = {s: SHEET.loc[s, "set"] for s in SUBJECTS}
+SITES = {s: SHEET.loc[s, "site"] for s in SUBJECTS}
 SEQUENCES = list(config["sequences"])
 REF = config["reference_sequence"]
 MOVING = [s for s in SEQUENCES if s != REF]
@@ -37,7 +42,7 @@ MOVING = [s for s in SEQUENCES if s != REF]
 # features of the human masks only (validate_config refuses radiomics.sources auto there).
 SEGMENT = config["automatic_segmentation"]
 check_radiomics_only(config, SUBJECTS, LABELLED)
-FOLDS = assign_folds(LABELLED, config["segmentation"]["folds"], config["seed"]) if SEGMENT and LABELLED else {}
+FOLDS = assign_folds(TRAIN_SET, config["segmentation"]["folds"], config["seed"]) if SEGMENT and LABELLED else {}
 N_FOLDS = config["segmentation"]["folds"]
 SOURCES = [s for s in config["radiomics"]["sources"] if s == "auto" or LABELLED]
 # Perturbed copies of the human mask (robustness analysis); each is one more radiomics mask source.
@@ -154,7 +159,7 @@ def _label_on_grid(subject):
 
 
 def get_training_subjects(wildcards):
-    return [s for s in LABELLED if FOLDS[s] != int(wildcards.fold)]
+    return [s for s in TRAIN_SET if FOLDS[s] != int(wildcards.fold)]
 
 
 def get_training_images(wildcards):
@@ -171,13 +176,13 @@ def get_case_images(wildcards):
 
 def get_bundle_inputs(wildcards):
     """Every fold's model (+ sidecar, learning curve), the split, the training images (+ normalise sidecars) and
-    labels of every labelled subject, and the cross-validation summary: the inputs of rule bundle."""
+    labels of the training set, and the evaluation summary (its cross-validation rows): the inputs of rule bundle."""
     if not (SEGMENT and LABELLED):
         raise ConfigError(
             "results/bundle needs trained models: automatic_segmentation is false or no subject has a label"
         )
     folds = [f"results/train/fold-{k}" for k in range(N_FOLDS)]
-    images = [_normalised(s, q) for s in LABELLED for q in SEQUENCES]
+    images = [_normalised(s, q) for s in TRAIN_SET for q in SEQUENCES]
     return {
         "models": [f"{f}/model.pt" for f in folds],
         "model_sidecars": [f"{f}/model.pt.json" for f in folds],  # read beside each model
@@ -185,13 +190,14 @@ def get_bundle_inputs(wildcards):
         "folds": "results/split/folds.json",
         "images": images,
         "image_sidecars": [str(sidecar_path(p)) for p in images],  # read beside each image
-        "labels": [_label_on_grid(s) for s in LABELLED],
+        "labels": [_label_on_grid(s) for s in TRAIN_SET],
         "cv_summary": "results/evaluate/summary.tsv",
     }
 
 
 def get_fold_model(wildcards):
-    """Model(s) that never saw the subject: its held-out fold, or every fold for unlabelled subjects."""
+    """Model(s) that never saw the subject: its held-out fold, or every fold for unlabelled, test and external
+    subjects."""
     if wildcards.subject in FOLDS:
         return [f"results/train/fold-{FOLDS[wildcards.subject]}/model.pt"]
     return [f"results/train/fold-{k}/model.pt" for k in range(N_FOLDS)]
@@ -212,11 +218,13 @@ def get_postprocess_decision(wildcards):
 
 
 def get_decision_predictions(wildcards):
-    return [f"results/predict/sub-{s}/sub-{s}_pred.nii.gz" for s in LABELLED]
+    """Cross-validation predictions only: a post-processing choice is fitted on the training set, never on test
+    or external subjects."""
+    return [f"results/predict/sub-{s}/sub-{s}_pred.nii.gz" for s in TRAIN_SET]
 
 
 def get_decision_labels(wildcards):
-    return [_label_on_grid(s) for s in LABELLED]
+    return [_label_on_grid(s) for s in TRAIN_SET]
 
 
 def get_all_postprocess_qc(wildcards):
@@ -296,7 +304,7 @@ def get_final_outputs(wildcards=None):
         outs += [f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.dcm" for s in SUBJECTS]
     outs += ["results/radiomics/features.tsv", "results/audit/flagged_cases.tsv"]
     if SEGMENT and LABELLED:
-        outs += ["results/evaluate/summary.tsv"]
+        outs += ["results/evaluate/summary.tsv", "results/bundle"]
     if "human" in SOURCES and "auto" in SOURCES and len(LABELLED) >= config["stats"]["min_subjects"]:
         outs += ["results/stats/reproducibility.tsv"]
     if PERTURBATIONS and len(LABELLED) >= config["stats"]["min_subjects"]:

@@ -36,6 +36,12 @@ rule evaluate_summary:
             category="5. Evaluation",
             subcategory="Summary table",
         ),
+        by_site=report(
+            "results/evaluate/summary_by_site.tsv",
+            caption="../report/evaluate_summary.rst",
+            category="5. Evaluation",
+            subcategory="Summary per site",
+        ),
         plot=report(
             "results/evaluate/metrics_boxplot.png",
             caption="../report/evaluate_summary.rst",
@@ -61,5 +67,7 @@ rule evaluate_summary:
     params:
         seed=config["seed"],
         n_boot=config["stats"]["bootstrap"],
+        sets=SETS,
+        sites=SITES,
     script:
         "../scripts/evaluate_summary.py"

@@ -1,6 +1,6 @@
 # Segmentation: k-fold split by subject, one MONAI U-Net per fold, sliding-window prediction of every
 # subject by the model(s) that never saw it. Models are protected: delete them by hand to retrain.
-# The bundle rule packs the fold models into a portable, verifiable folder (not part of rule all).
+# The bundle rule packs the fold models into a portable, verifiable folder at the end of training.
 
 
 rule split:
@@ -15,7 +15,7 @@ rule split:
         mem_mb=500,
         runtime=5,
     params:
-        subjects=LABELLED,
+        subjects=TRAIN_SET,
         k=config["segmentation"]["folds"],
         seed=config["seed"],
         val_fraction=config["segmentation"]["val_fraction"],
@@ -98,7 +98,7 @@ rule predict:
 
 # Every fold's model with its sidecar and learning curve, the split, the preprocessing the models expect
 # (from the normalise sidecars), a fingerprint of the training images, the CV summary, a manifest and a
-# model card. Asked for by name (snakemake results/bundle); `medpipe model verify results/bundle` checks it.
+# model card. Part of rule all when models are trained; `medpipe model verify results/bundle` checks it.
 rule bundle:
     input:
         unpack(get_bundle_inputs),
@@ -115,7 +115,7 @@ rule bundle:
         mem_mb=4000,  # one subject's images at a time (the fingerprint), not the whole cohort
         runtime=30,
     params:
-        subjects=LABELLED,
+        subjects=TRAIN_SET,
         channels=SEQUENCES,
         label_name=config["label"]["name"],
     script:

@@ -1,4 +1,4 @@
-"""Snakemake adapter: seeded k-fold split of the labelled subjects."""
+"""Snakemake adapter: seeded k-fold split of the labelled subjects of the training set."""
 
 from medpipe.core.logutil import script_logging
 from medpipe.segment.split import write_folds

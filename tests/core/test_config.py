@@ -66,6 +66,24 @@ def test_subject_sheet(tmp_path: Path) -> None:
     assert list(df.index) == ["A1", "B2"] and df.loc["B2", "label"] == ""
 
 
+def test_subject_sheet_sets_and_sites(tmp_path: Path) -> None:
+    (tmp_path / "d1").mkdir()
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("subject\tdicom\tset\tsite\nA1\td1\t\t\nB2\td1\texternal\tKHUH\nC3\td1\ttest\t\n")
+    df = load_subject_sheet(sheet, SHEET_SCHEMA, base_dir=tmp_path)
+    assert df["set"].to_dict() == {"A1": "train", "B2": "external", "C3": "test"}  # empty cell: schema default
+    assert df["site"].to_dict() == {"A1": "", "B2": "KHUH", "C3": ""}
+    # A sheet without the columns gets them with the schema's defaults.
+    sheet.write_text("subject\tdicom\nA1\td1\n")
+    df = load_subject_sheet(sheet, SHEET_SCHEMA, base_dir=tmp_path)
+    assert (df.loc["A1", "set"], df.loc["A1", "site"], df.loc["A1", "label"]) == ("train", "", "")
+    sheet.write_text("subject\tdicom\tset\tsite\nA1\td1\tvalidation\t\nB2\td1\ttrain\tsite 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_subject_sheet(sheet, SHEET_SCHEMA, base_dir=tmp_path)
+    assert "row 2 (A1): set: 'validation' is not one of ['train', 'test', 'external']" in str(err.value)
+    assert "row 3 (B2): site: 'site 2'" in str(err.value)
+
+
 def test_subject_sheet_errors_name_rows(tmp_path: Path) -> None:
     (tmp_path / "d1").mkdir()
     sheet = tmp_path / "s.tsv"

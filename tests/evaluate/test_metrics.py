@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from medpipe.core.errors import GeometryError
+from medpipe.core.errors import DataError, GeometryError
 from medpipe.core.io import save_nifti
 from medpipe.evaluate.metrics import (
     METRICS,
@@ -262,6 +262,53 @@ def test_summarise_statistics_and_figures(tmp_path):
     summarise(tables, tmp_path / "metrics.tsv", tmp_path / "summary.tsv", tmp_path / "box2.png", seed=3)
     assert (tmp_path / "summary.tsv").read_bytes() == first  # seeded: byte-identical
     assert (tmp_path / "box.png").read_bytes() == (tmp_path / "box2.png").read_bytes()
+
+
+def test_summary_per_set_and_site_side_by_side(tmp_path):
+    tables = []
+    for k, off in enumerate([0, 1, 0, 4, 5, 6]):
+        auto, human = _write_pair(tmp_path, f"s{k}", off)
+        tables.append(evaluate_pair(auto, human, tmp_path / f"s{k}.tsv", subject=f"00{k}", labels={"lesion": 1}))
+    subjects = [f"00{k}" for k in range(6)]
+    sets = dict(zip(subjects, ["train", "train", "train", "external", "external", "test"], strict=True))
+    sites = dict(zip(subjects, ["A", "A", "B", "C", "C", "A"], strict=True))
+    summarise(
+        tables,
+        tmp_path / "metrics.tsv",
+        tmp_path / "summary.tsv",
+        tmp_path / "box.png",
+        seed=3,
+        sets=sets,
+        sites=sites,
+        out_by_site=tmp_path / "by_site.tsv",
+    )
+    metrics = read_metrics(tmp_path / "metrics.tsv")
+    assert list(metrics.columns[:3]) == ["subject", "set", "site"]
+    assert dict(zip(metrics["subject"], metrics["set"], strict=True)) == sets
+    summary = read_metrics(tmp_path / "summary.tsv")
+    dice = summary[summary["metric"] == "dice"].set_index("set")
+    assert list(dice.index) == ["train", "test", "external"]  # cross-validation first, external last
+    for name in ("train", "test", "external"):
+        expected = metrics.loc[metrics["set"] == name, "dice"]
+        assert dice.loc[name, "n"] == len(expected)
+        assert dice.loc[name, "mean"] == pytest.approx(expected.mean())
+    assert dice.loc["train", "mean"] > dice.loc["external", "mean"]  # shifted masks score lower
+    by_site = read_metrics(tmp_path / "by_site.tsv")
+    by_site = by_site[by_site["metric"] == "dice"].set_index(["set", "site"])["n"].to_dict()
+    assert by_site == {("train", "A"): 2, ("train", "B"): 1, ("test", "A"): 1, ("external", "C"): 2}
+    with pytest.raises(DataError, match=r"no set given for subject\(s\) \['005'\]"):
+        summarise(
+            tables,
+            tmp_path / "m.tsv",
+            tmp_path / "s.tsv",
+            tmp_path / "b.png",
+            seed=3,
+            sets=dict(list(sets.items())[:5]),
+        )
+    with pytest.raises(DataError, match="unknown set"):
+        summarise(
+            tables, tmp_path / "m.tsv", tmp_path / "s.tsv", tmp_path / "b.png", seed=3, sets={**sets, "005": "val"}
+        )
 
 
 def _tiny_png(path: Path, k: int) -> Path:

@@ -227,3 +227,70 @@ def test_outcome_models_compare_human_and_automatic_masks(tiny_run: Path) -> Non
     assert model["n_subjects"] == len(outcomes) and model["n_events"] == int(outcomes["response"].sum())
     html = (tiny_run / "results/report.html").read_text(errors="replace")
     assert "8. Outcome models" in html and "comparison.tsv" in html
+
+
+def test_the_run_bundles_its_models_verifiably(tiny_run: Path, tmp_path: Path) -> None:
+    """rule all packs the fold models: the bundle verifies, holds the run's models byte for byte, fits the
+    run's own config, refuses a changed byte and a changed channel list."""
+    from medpipe.core.errors import ConfigError, DataError
+    from medpipe.segment.bundle import load_bundle
+    from medpipe.segment.compatible import check_compatible
+
+    res = tiny_run / "results"
+    bundle = load_bundle(res / "bundle")  # verifies every hash first
+    folds = sorted(res.glob("train/fold-*/model.pt"))
+    assert len(bundle.models) == len(folds) >= 2
+    for ours, theirs in zip(sorted(bundle.models), folds, strict=True):
+        assert ours.read_bytes() == theirs.read_bytes()
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    check_compatible(bundle, config)
+    with pytest.raises(ConfigError, match="sequences"):
+        check_compatible(bundle, {**config, "sequences": dict(reversed(list(config["sequences"].items())))})
+    copy = shutil.copytree(res / "bundle", tmp_path / "bundle")
+    card = copy / "MODEL_CARD.md"
+    card.write_bytes(card.read_bytes().replace(b"Subjects", b"subjects", 1))
+    with pytest.raises(DataError, match=r"MODEL_CARD\.md"):
+        load_bundle(copy)
+
+
+def _dry_run_jobs(out: str) -> list[tuple[str, list[str], dict[str, str]]]:
+    """(rule, input files, wildcards) of every job a dry run lists."""
+    jobs = []
+    for block in re.split(r"\n(?=rule \w+:)", out):
+        head = re.match(r"rule (\w+):", block)
+        if head is None:
+            continue
+        inputs = re.search(r"^\s+input: (.*)$", block, re.M)
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        pairs = [w.split("=", 1) for w in wildcards.group(1).split(", ")] if wildcards else []
+        jobs.append((head.group(1), inputs.group(1).split(", ") if inputs else [], dict(pairs)))
+    return jobs
+
+
+def test_test_and_external_subjects_are_never_trained_on(tmp_path: Path, tiny_workdir: Path) -> None:
+    """Sheet column set: labelled test / external subjects stay out of the split, the training inputs and the
+    post-processing decision; the ensemble of every fold segments them; evaluation scores them per set."""
+    wd = _fresh_workdir(tmp_path, tiny_workdir)
+    sheet = wd / "resources/demo/subjects.tsv"
+    df = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
+    held_out = sorted(df["subject"])[:1]
+    df["set"] = ["external" if s in held_out else "train" for s in df["subject"]]
+    df["site"] = ["B" if s in held_out else "A" for s in df["subject"]]
+    df.to_csv(sheet, sep="\t", index=False)
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["postprocess"]["largest_component"] = "auto"  # the decision is fitted on cross-validation cases only
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    proc = run(snakemake_cmd(wd, "-n", "--forceall", "results/evaluate/summary.tsv", configfile=configfile))
+    jobs = _dry_run_jobs(proc.stdout + proc.stderr)
+    trains = [inputs for rule, inputs, _ in jobs if rule == "train"]
+    assert len(trains) == 2
+    for inputs in trains:
+        assert not [f for f in inputs if any(f"sub-{s}_" in f for s in held_out)], inputs
+    predict = {w["subject"]: inputs for rule, inputs, w in jobs if rule == "predict"}
+    for subject, inputs in predict.items():
+        models = [f for f in inputs if f.endswith("model.pt")]
+        assert len(models) == (2 if subject in held_out else 1), (subject, models)
+    (decision,) = [inputs for rule, inputs, _ in jobs if rule == "postprocess_decision"]
+    assert decision and not [f for f in decision if any(f"sub-{s}_" in f for s in held_out)]
+    assert {w["subject"] for rule, _, w in jobs if rule == "evaluate_subject"} == set(df["subject"])

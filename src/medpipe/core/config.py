@@ -232,7 +232,7 @@ def load_subject_sheet(
     Parameters
     ----------
     path
-        TSV with a header row (columns: subject, dicom, label).
+        TSV with a header row (columns: subject, dicom and the optional label, set, site).
     schema_path
         ``subjects.schema.yaml``.
     base_dir
@@ -243,7 +243,8 @@ def load_subject_sheet(
     Returns
     -------
     pandas.DataFrame
-        Indexed by subject, with columns ``dicom`` and ``label`` ('' when absent).
+        Indexed by subject, with columns ``dicom``, ``label`` ('' when absent), ``set`` (``train`` unless
+        given) and ``site`` ('' unless given).
     """
     path = Path(path)
     if not path.is_file():
@@ -252,15 +253,18 @@ def load_subject_sheet(
             path=path,
         )
     sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
-    validator = _Validator(load_schema(schema_path))
+    schema = load_schema(schema_path)
+    validator = _Validator(schema)
+    # An empty cell of an optional column (label, set, site) takes the schema's default.
+    optional = {k: v.get("default", "") for k, v in schema["properties"].items() if k not in schema["required"]}
     base = Path(base_dir)
     problems: list[str] = []
     rows: list[dict[str, Any]] = []
     for i, raw in enumerate(sheet.to_dict(orient="records"), start=2):
-        row = {k: v for k, v in raw.items() if not (k == "label" and v == "")}
+        row = {k: v for k, v in raw.items() if not (k in optional and v == "")}
         for error in validator.iter_errors(row):
             problems.append(f"  row {i} ({raw.get('subject', '?')}): {_where(error, 'row')}: {error.message}")
-        row.setdefault("label", "")
+        row.update({k: v for k, v in optional.items() if k not in row})
         dicom = base / str(row.get("dicom", ""))
         if row.get("dicom") and not dicom.is_dir():
             problems.append(f"  row {i} ({row.get('subject', '?')}): dicom folder {row['dicom']!r} does not exist")

@@ -54,6 +54,9 @@ METRICS = (
 )
 #: Representation in the metric tables: undefined distances as ``NaN``, floats with 10 significant digits.
 TSV_FORMAT = {"na_rep": "NaN", "float_format": "%.10g"}
+
+#: Subject-sheet sets in report order: cross-validation first, then internal test, then external.
+SET_ORDER = ("train", "test", "external")
 #: Metrics shown in the summary box plot.
 PLOT_METRICS = ("dice", "jaccard", "hd95_mm", "msd_mm")
 
@@ -184,7 +187,13 @@ def write_metrics(table: pd.DataFrame, out: str | Path) -> Path:
 
 def read_metrics(path: str | Path) -> pd.DataFrame:
     """Read a metrics TSV; subject IDs and labels stay strings (``001`` is not the number 1)."""
-    return pd.read_csv(path, sep="\t", dtype={"subject": str, "label": str, "empty_mask": str})
+    return pd.read_csv(
+        path,
+        sep="\t",
+        dtype={"subject": str, "label": str, "empty_mask": str, "set": str, "site": str},
+        keep_default_na=False,
+        na_values=["NaN"],
+    )
 
 
 def bootstrap_ci(
@@ -200,17 +209,26 @@ def bootstrap_ci(
     return (float(lo), float(hi))
 
 
-def summary_table(metrics: pd.DataFrame, *, seed: int, n_boot: int = 2000) -> pd.DataFrame:
-    """Mean, SD, median, min, max and 95 % bootstrap CI of the mean per class and metric (NaN skipped)."""
+def summary_table(
+    metrics: pd.DataFrame, *, seed: int, n_boot: int = 2000, by: Sequence[str] = ("set",)
+) -> pd.DataFrame:
+    """Mean, SD, median, min, max and 95 % bootstrap CI of the mean per group, class and metric (NaN skipped).
+
+    ``by``: the grouping columns before the class (``set``; ``set``, ``site`` for the per-site table), in
+    :data:`SET_ORDER` for ``set``.
+    """
     rows = []
-    for label, group in metrics.groupby("label", sort=True):
+    keys = [*by, "label"]
+    order = {s: i for i, s in enumerate(SET_ORDER)}
+    groups = sorted(metrics.groupby(keys, sort=True), key=lambda kv: order.get(kv[0][0], len(order)) if by else 0)
+    for values, group in groups:
         for k, metric in enumerate(METRICS):
             v = group[metric].to_numpy(dtype=np.float64)
             v = v[np.isfinite(v)]
             lo, hi = bootstrap_ci(v, seed=seed + k, n_boot=n_boot)
             rows.append(
                 {
-                    "label": label,
+                    **dict(zip(keys, values, strict=True)),
                     "metric": metric,
                     "n": int(v.size),
                     "n_missing": int(len(group) - v.size),
@@ -224,6 +242,34 @@ def summary_table(metrics: pd.DataFrame, *, seed: int, n_boot: int = 2000) -> pd
                 }
             )
     return pd.DataFrame(rows)
+
+
+def with_sets(
+    metrics: pd.DataFrame,
+    sets: Mapping[str, str] | None,
+    sites: Mapping[str, str] | None,
+    *,
+    path: str | Path | None = None,
+) -> pd.DataFrame:
+    """``metrics`` with the subjects' ``set`` and ``site`` as the 2nd and 3rd columns.
+
+    Raises
+    ------
+    DataError
+        A subject missing from ``sets`` or ``sites``, or a set not in :data:`SET_ORDER`.
+    """
+    subjects = metrics["subject"].astype(str)
+    out = metrics.drop(columns=[c for c in ("set", "site") if c in metrics.columns])
+    for position, (column, mapping, default) in enumerate((("set", sets, "train"), ("site", sites, ""))):
+        mapping = mapping if mapping is not None else dict.fromkeys(subjects, default)
+        missing = sorted(set(subjects) - set(mapping))
+        if missing:
+            raise DataError(f"no {column} given for subject(s) {missing}", path=path)
+        out.insert(1 + position, column, [str(mapping[s]) for s in subjects])
+    unknown = sorted(set(out["set"]) - set(SET_ORDER))
+    if unknown:
+        raise DataError(f"unknown set(s) {unknown}; allowed: {list(SET_ORDER)}", path=path)
+    return out
 
 
 def rank_cases(metrics: pd.DataFrame, *, metric: str = "dice") -> dict[str, str]:
@@ -245,8 +291,11 @@ def summarise(
     n_boot: int = 2000,
     qc_images: Mapping[str, str | Path] | Iterable[str | Path] | None = None,
     out_cases: str | Path | None = None,
+    sets: Mapping[str, str] | None = None,
+    sites: Mapping[str, str] | None = None,
+    out_by_site: str | Path | None = None,
 ) -> Path:
-    """Concatenate per-subject metric tables and summarise them.
+    """Concatenate per-subject metric tables and summarise them per set (and per site).
 
     Parameters
     ----------
@@ -255,8 +304,9 @@ def summarise(
     out_metrics
         All rows, sorted by subject and label.
     out_summary
-        Per class and metric: n, n_missing, mean, sd, median, min, max, ci95_low, ci95_high
-        (percentile bootstrap of the mean, ``n_boot`` resamples, seeded by ``seed``).
+        Per set (``train`` = cross-validation, ``test``, ``external``), class and metric: n, n_missing, mean,
+        sd, median, min, max, ci95_low, ci95_high (percentile bootstrap of the mean, ``n_boot`` resamples,
+        seeded by ``seed``).
     out_plot
         Box plots (one panel per metric in :data:`PLOT_METRICS`) with the subjects as points.
     seed
@@ -267,6 +317,11 @@ def summarise(
         Subject -> overlay PNG (auto vs human on the image), or PNGs named ``sub-<id>_...``; when
         both are given, the overlays of the best, median and worst subject by Dice are stacked
         into ``out_cases``.
+    sets, sites
+        Subject -> sheet ``set`` and ``site`` (every subject ``train`` at no site when not given); written
+        as columns of ``out_metrics``.
+    out_by_site
+        The summary per set, site and class (optional).
 
     Returns
     -------
@@ -277,9 +332,11 @@ def summarise(
     if not frames:
         raise DataError("no per-subject metric tables to summarise", path=out_summary)
     metrics = pd.concat(frames, ignore_index=True).sort_values(["subject", "label"], kind="stable")
+    metrics = with_sets(metrics, sets, sites, path=out_metrics)
     write_metrics(metrics, out_metrics)
-    summary = summary_table(metrics, seed=seed, n_boot=n_boot)
-    write_metrics(summary, out_summary)
+    write_metrics(summary_table(metrics, seed=seed, n_boot=n_boot), out_summary)
+    if out_by_site is not None:
+        write_metrics(summary_table(metrics, seed=seed, n_boot=n_boot, by=("set", "site")), out_by_site)
     save_metric_boxplots(metrics, PLOT_METRICS, out_plot)
     if out_cases is not None:
         if qc_images is None:

@@ -165,6 +165,10 @@ def read_cv_summary(path: str | Path) -> tuple[CvMetric, ...]:
     missing = [c for c in ("label", "metric", "n", "mean") if c not in rows[0]]
     if missing:
         raise DataError(f"cross-validation summary lacks the column(s) {missing}", path=path)
+    if "set" in rows[0]:  # the evaluation summary per set: its cross-validation rows (set train)
+        rows = [r for r in rows if r["set"] == "train"]
+        if not rows:
+            raise DataError("evaluation summary has no cross-validation rows (set train)", path=path)
     return tuple(
         CvMetric(
             label=str(r["label"]),

@@ -45,7 +45,10 @@ def assign_folds(subjects: Sequence[str], k: int, seed: int) -> dict[str, int]:
     if not isinstance(k, int) or k < 2:
         raise ConfigError(f"segmentation.folds must be an integer >= 2, got {k!r}")
     if k > len(ordered):
-        raise ConfigError(f"segmentation.folds = {k} exceeds the number of subjects ({len(ordered)})")
+        raise ConfigError(
+            f"segmentation.folds = {k} exceeds the number of subjects to train on ({len(ordered)}: labelled "
+            "subjects whose sheet column set is train)"
+        )
     rng = np.random.default_rng(int(seed))
     perm = rng.permutation(len(ordered))
     folds = {ordered[int(idx)]: rank % k for rank, idx in enumerate(perm)}
