@@ -42,7 +42,15 @@ MOVING = [s for s in SEQUENCES if s != REF]
 # features of the human masks only (validate_config refuses radiomics.sources auto there).
 SEGMENT = config["automatic_segmentation"]
 check_radiomics_only(config, SUBJECTS, LABELLED)
-FOLDS = assign_folds(TRAIN_SET, config["segmentation"]["folds"], config["seed"]) if SEGMENT and LABELLED else {}
+# segmentation.bundle: inference only with an exported model bundle, verified and checked against this run's
+# config here, before any job (torch is imported only then).
+BUNDLE = None
+if SEGMENT and config["segmentation"]["bundle"]:
+    from medpipe.segment.compatible import bundle_for_run
+
+    BUNDLE = bundle_for_run(config, SUBJECTS)
+TRAIN = SEGMENT and bool(LABELLED) and BUNDLE is None  # this run trains its own fold models
+FOLDS = assign_folds(TRAIN_SET, config["segmentation"]["folds"], config["seed"]) if TRAIN else {}
 N_FOLDS = config["segmentation"]["folds"]
 SOURCES = [s for s in config["radiomics"]["sources"] if s == "auto" or LABELLED]
 # Perturbed copies of the human mask (robustness analysis); each is one more radiomics mask source.
@@ -177,9 +185,10 @@ def get_case_images(wildcards):
 def get_bundle_inputs(wildcards):
     """Every fold's model (+ sidecar, learning curve), the split, the training images (+ normalise sidecars) and
     labels of the training set, and the evaluation summary (its cross-validation rows): the inputs of rule bundle."""
-    if not (SEGMENT and LABELLED):
+    if not TRAIN:
         raise ConfigError(
-            "results/bundle needs trained models: automatic_segmentation is false or no subject has a label"
+            "results/bundle needs models trained by this run: automatic_segmentation is false, no subject has "
+            "a label, or the run uses segmentation.bundle"
         )
     folds = [f"results/train/fold-{k}" for k in range(N_FOLDS)]
     images = [_normalised(s, q) for s in TRAIN_SET for q in SEQUENCES]
@@ -197,7 +206,9 @@ def get_bundle_inputs(wildcards):
 
 def get_fold_model(wildcards):
     """Model(s) that never saw the subject: its held-out fold, or every fold for unlabelled, test and external
-    subjects."""
+    subjects (every fold of segmentation.bundle in an inference-only run)."""
+    if BUNDLE is not None:
+        return [str(p) for p in BUNDLE.models]
     if wildcards.subject in FOLDS:
         return [f"results/train/fold-{FOLDS[wildcards.subject]}/model.pt"]
     return [f"results/train/fold-{k}/model.pt" for k in range(N_FOLDS)]
@@ -304,7 +315,9 @@ def get_final_outputs(wildcards=None):
         outs += [f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.dcm" for s in SUBJECTS]
     outs += ["results/radiomics/features.tsv", "results/audit/flagged_cases.tsv"]
     if SEGMENT and LABELLED:
-        outs += ["results/evaluate/summary.tsv", "results/bundle"]
+        outs += ["results/evaluate/summary.tsv"]
+    if TRAIN:
+        outs += ["results/bundle"]
     if "human" in SOURCES and "auto" in SOURCES and len(LABELLED) >= config["stats"]["min_subjects"]:
         outs += ["results/stats/reproducibility.tsv"]
     if PERTURBATIONS and len(LABELLED) >= config["stats"]["min_subjects"]:

@@ -26,7 +26,7 @@ from medpipe.segment.bundle import (
 )
 from medpipe.segment.bundle_record import BundleRecord, CvMetric
 from medpipe.segment.card import model_card
-from medpipe.segment.compatible import check_compatible
+from medpipe.segment.compatible import bundle_for_run, check_compatible
 from medpipe.segment.model import SEG_PACKAGES, build_nets, load_model, save_model
 from medpipe.segment.settings import resolve_settings
 from medpipe.segment.split import folds_table, write_folds
@@ -232,6 +232,22 @@ def test_check_compatible_names_the_differing_key_and_both_values(run: Path, tmp
     patch["segmentation"]["train"]["patch_size"] = [32, 32, 32]
     with pytest.raises(ConfigError, match=r"segmentation.train.patch_size: bundle \[16, 16, 16\], run \[32, 32, 32\]"):
         check_compatible(bundle, patch)
+
+
+def test_bundle_for_run_verifies_checks_and_warns(run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = _bundle(run, tmp_path / "bundle")
+    config = {**_run_config(), "segmentation": {**TINY, "bundle": str(out)}, "postprocess": {}}
+    with caplog.at_level("WARNING"):
+        bundle = bundle_for_run(config, ["A1", "Z9"])
+    assert bundle.models == load_bundle(out).models
+    assert "['A1'] have the IDs of subjects the bundle" in caplog.text  # trained on: not independent
+    with pytest.raises(ConfigError, match="largest_component: auto needs cross-validation predictions"):
+        bundle_for_run({**config, "postprocess": {"largest_component": "auto"}}, [])
+    with pytest.raises(ConfigError, match=r"sequences: bundle \['T1w', 'T2w'\], run \['T2w', 'T1w'\]"):
+        bundle_for_run({**config, "sequences": {"T2w": {}, "T1w": {}}}, [])
+    (out / "MODEL_CARD.md").write_text("edited\n")
+    with pytest.raises(DataError, match=r"MODEL_CARD\.md: sha256 differs"):
+        bundle_for_run(config, [])
 
 
 def test_model_card_numbers_equal_the_inputs(run: Path, tmp_path: Path) -> None:

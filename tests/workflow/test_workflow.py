@@ -294,3 +294,60 @@ def test_test_and_external_subjects_are_never_trained_on(tmp_path: Path, tiny_wo
     (decision,) = [inputs for rule, inputs, _ in jobs if rule == "postprocess_decision"]
     assert decision and not [f for f in decision if any(f"sub-{s}_" in f for s in held_out)]
     assert {w["subject"] for rule, _, w in jobs if rule == "evaluate_subject"} == set(df["subject"])
+
+
+def test_a_bundle_segments_a_new_cohort_without_training(tiny_run: Path, tmp_path: Path, tiny_workdir: Path) -> None:
+    """segmentation.bundle: the tiny run's bundle, copied elsewhere, segments a new run's subjects (all declared
+    external) with the ensemble of its folds, nothing split or trained; the prediction equals the ensemble's
+    computed directly from the same images; a changed byte or another channel order stops the run before any
+    job, naming the file or the key."""
+    from medpipe.segment.bundle import load_bundle
+    from medpipe.segment.infer import predict_case
+
+    bundle_dir = shutil.copytree(tiny_run / "results/bundle", tmp_path / "elsewhere/bundle")
+    wd = _fresh_workdir(tmp_path, tiny_workdir)
+    sheet = wd / "resources/demo/subjects.tsv"
+    df = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
+    df["set"], df["site"] = "external", "X"
+    df.to_csv(sheet, sep="\t", index=False)
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["segmentation"]["bundle"] = str(bundle_dir)
+    configfile = tmp_path / "bundle.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+
+    dry = run(snakemake_cmd(wd, "-n", configfile=configfile))
+    rules = {rule for rule, _, _ in _dry_run_jobs(dry.stdout + dry.stderr)}
+    assert {"predict", "evaluate_summary", "radiomics"} <= rules and not {"split", "train", "bundle"} & rules
+
+    subject = sorted(df["subject"])[0]
+    pred = f"results/predict/sub-{subject}/sub-{subject}_prob.nii.gz"
+    run(snakemake_cmd(wd, "--cores", "2", pred, configfile=configfile))
+    images = [f"normalise/sub-{subject}/sub-{subject}_{q}.nii.gz" for q in cfg["sequences"]]
+    for image in images:  # the same preprocessing as the run that trained the bundle
+        assert (wd / "results" / image).read_bytes() == (tiny_run / "results" / image).read_bytes()
+    direct = tmp_path / "direct"
+    predict_case(
+        [str(wd / "results" / i) for i in images],
+        [str(m) for m in load_bundle(bundle_dir).models],
+        direct / "prob.nii.gz",
+        direct / "pred.nii.gz",
+        direct / "uncertainty.json",
+        subject=subject,
+        settings=cfg["segmentation"],
+    )
+    ours = np.asarray(nib.load(wd / pred).dataobj)
+    np.testing.assert_array_equal(ours, np.asarray(nib.load(direct / "prob.nii.gz").dataobj))
+
+    model = bundle_dir / "train/fold-1/model.pt"
+    model.write_bytes(model.read_bytes()[:-1] + bytes([model.read_bytes()[-1] ^ 1]))
+    fresh = _fresh_workdir(tmp_path / "second", tiny_workdir)
+    proc = run(snakemake_cmd(fresh, "-n", configfile=configfile), check=False)
+    assert proc.returncode != 0 and "train/fold-1/model.pt" in proc.stdout + proc.stderr
+    shutil.rmtree(bundle_dir)
+    shutil.copytree(tiny_run / "results/bundle", bundle_dir)
+    cfg["sequences"] = dict(reversed(list(cfg["sequences"].items())))
+    configfile.write_text(yaml.safe_dump(cfg))
+    proc = run(snakemake_cmd(fresh, "-n", configfile=configfile), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "sequences: bundle ['T1w', 'T2w'], run ['T2w', 'T1w']" in out
+    assert not (fresh / "results").exists()

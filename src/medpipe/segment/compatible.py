@@ -8,13 +8,18 @@ and names every key that differs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from medpipe.core.config import normalise_settings, with_defaults
 from medpipe.core.errors import ConfigError
+from medpipe.segment.bundle import load_bundle
 from medpipe.segment.bundle_record import BundleRecord, ModelBundle
 from medpipe.segment.settings import resolve_settings
+
+logger = logging.getLogger(__name__)
 
 #: Normalisation keys compared besides ``method`` and ``interpolation``, per method.
 _METHOD_KEYS = {"percentile": ("percentiles",), "ct_window": ("window_hu",)}
@@ -73,3 +78,43 @@ def check_compatible(bundle: ModelBundle | BundleRecord, run_config: Mapping[str
             "the run's config does not match the model bundle (images must be prepared as the models were "
             f"trained: set these keys to the bundle's values or train new models):\n{lines}"
         )
+
+
+def bundle_for_run(run_config: Mapping[str, Any], subjects: Sequence[str]) -> ModelBundle:
+    """The verified, compatible bundle of an inference-only run (config ``segmentation.bundle``).
+
+    Called when the workflow starts, so that a bad bundle stops the run before any job.
+
+    Parameters
+    ----------
+    run_config
+        The validated workflow config.
+    subjects
+        The run's subjects; those the bundle was trained on are named in a warning (their scores are not
+        an independent validation).
+
+    Raises
+    ------
+    DataError
+        A bundle file changed, missing or added since the export (naming it).
+    ConfigError
+        A key where the run differs from the bundle, or ``postprocess.largest_component: auto``.
+    """
+    path = Path(run_config["segmentation"]["bundle"])
+    bundle = load_bundle(path)
+    check_compatible(bundle, run_config)
+    if run_config.get("postprocess", {}).get("largest_component") == "auto":
+        raise ConfigError(
+            "postprocess.largest_component: auto needs cross-validation predictions, which an inference-only "
+            f"run (segmentation.bundle: {str(path)!r}) has none of: set it to true or false"
+        )
+    seen = sorted(set(subjects) & set(bundle.record.subjects))
+    if seen:
+        logger.warning(
+            "subject(s) %s have the IDs of subjects the bundle %s was trained on: if they are the same patients "
+            "their scores are not an independent validation",
+            seen,
+            path,
+        )
+    logger.info("inference-only run: %d fold models of bundle %s", len(bundle.models), path)
+    return bundle
