@@ -55,8 +55,9 @@ def test_per_sequence_override_and_bad_method() -> None:
         resolve_settings({"method": "zscore", "per_sequence": {"CT": {"method": "ct_window"}}}, "T1w")["method"]
         == "zscore"
     )
-    with pytest.raises(MedpipeError, match="whitestripe"):
-        resolve_settings({"method": "whitestripe"}, None)
+    assert resolve_settings({"method": "whitestripe"}, None)["method"] == "whitestripe"  # offered since 3.0.1
+    with pytest.raises(MedpipeError, match=r"preprocess\.normalise\.method.*'nyul'"):
+        resolve_settings({"method": "nyul"}, None)
 
 
 def test_native_grid_zscore(tmp_path: Path) -> None:

@@ -6,14 +6,16 @@ Methods (``settings["method"]``, overridable per sequence in ``settings["per_seq
 * ``percentile``: clip to the ``percentiles`` (default 0.5 and 99.5 %) of the voxels in the mask,
   rescale to [0, 1].
 * ``ct_window``: clip to ``window_hu`` (default [-1000, 400]) and rescale to [0, 1].
+* ``whitestripe``: WhiteStripe (MR): ``(x - mean) / sd`` over the normal-appearing white matter found
+  in the brain mask's histogram, by ``intensity-normalization`` (:mod:`.whitestripe`; ``whitestripe_width``,
+  ``whitestripe_contrast``). Its sidecar also records the stripe found (``"whitestripe"``: mean, SD and
+  intensity range in the input's units) and the library's version.
 * ``none``: intensities unchanged.
 
 Defaults and allowed values of the settings are those of the ``preprocess.normalise`` section of
 ``config/schemas/config.schema.yaml``; a ``per_sequence`` entry is either a method name or a mapping
-overriding any of ``method``, ``percentiles``, ``window_hu`` and ``interpolation`` for that sequence.
-
-WhiteStripe is not offered: the ``intensity-normalization`` package is not installed and no other
-installed library provides it.
+overriding any of ``method``, ``percentiles``, ``window_hu``, ``whitestripe_width``,
+``whitestripe_contrast`` and ``interpolation`` for that sequence.
 
 Statistics come from the mask; the whole image is transformed (voxels outside the mask are kept).
 The normalised image is then resampled (B-spline by default) onto
@@ -38,6 +40,7 @@ from medpipe.core.io import load_nifti, save_checked
 from medpipe.core.qc import save_histogram
 from medpipe.core.resample import resample_to_grid, target_grid
 from medpipe.core.sidecar import write_sidecar
+from medpipe.preprocess.whitestripe import PACKAGE, fit_whitestripe
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +85,19 @@ def _unchanged(
     return x
 
 
+def _whitestripe(
+    x: npt.NDArray[np.float64], inside: npt.NDArray[np.float64], settings: Mapping[str, Any], **where: Any
+) -> npt.NDArray[np.float32]:
+    """WhiteStripe fitted on the voxels in the mask, applied to ``x`` (:mod:`medpipe.preprocess.whitestripe`)."""
+    return fit_whitestripe(inside, None, settings, **where).apply(x)
+
+
 #: Normalisation per value of ``preprocess.normalise.method`` (keys: the schema's enum, checked by the tests).
-METHODS: dict[str, Callable[..., npt.NDArray[np.float64]]] = {
+METHODS: dict[str, Callable[..., npt.NDArray[np.floating[Any]]]] = {
     "zscore": _zscore,
     "percentile": _percentile,
     "ct_window": _ct_window,
+    "whitestripe": _whitestripe,
     "none": _unchanged,
 }
 
@@ -107,11 +118,28 @@ def normalise_array(
     ------
     DataError
         When the method is undefined for the intensities inside the mask (constant for ``zscore``,
-        coinciding percentiles for ``percentile``).
+        coinciding percentiles for ``percentile``, no usable white stripe for ``whitestripe``).
     """
     x = np.asarray(data, dtype=np.float64)
     inside = x[np.asarray(mask) > 0]
     return METHODS[settings["method"]](x, inside, settings, subject=subject, path=path).astype(np.float32)
+
+
+def _normalise_with_record(
+    data: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_], s: Mapping[str, Any], *, subject: str, path: str | Path
+) -> tuple[npt.NDArray[np.float32], dict[str, Any], dict[str, Any], tuple[str, ...]]:
+    """The normalised image and its sidecar's parameters, extra facts and packages.
+
+    WhiteStripe is fitted on the image with the brain mask as the library's mask (the same stripe as
+    :func:`normalise_array`'s), and its stripe and library version join the sidecar. The ``whitestripe_*``
+    keys are recorded only for that method, so the other methods' sidecars stay as they were before it
+    was added.
+    """
+    if s["method"] != "whitestripe":
+        params = {k: v for k, v in s.items() if not k.startswith("whitestripe_")}
+        return normalise_array(data, mask, s, subject=subject, path=path), params, {}, ()
+    stripe = fit_whitestripe(data, mask, s, subject=subject, path=path)
+    return stripe.apply(data), dict(s), {"whitestripe": stripe.record()}, (PACKAGE,)
 
 
 def normalise_image(
@@ -163,7 +191,7 @@ def normalise_image(
     mask = np.asarray(mask_img.dataobj) > 0
     if not mask.any():
         raise DataError("brain mask is empty; cannot compute normalisation statistics", subject=subject, path=brainmask)
-    normalised = normalise_array(data, mask, s, subject=subject, path=image)
+    normalised, params, record, packages = _normalise_with_record(data, mask, s, subject=subject, path=image)
     target = target_grid(grid, target_spacing_mm)
     if target is grid:
         out = normalised
@@ -182,10 +210,12 @@ def normalise_image(
         subject=subject,
         inputs=[image, brainmask],
         parameters={
-            **s,
+            **params,
             "target_spacing_mm": None if target_spacing_mm is None else [float(v) for v in target_spacing_mm],
         },
         geometry=target,
+        packages=packages,
+        extra=record,
     )
     logger.info(
         "normalised (%s) onto grid %s, spacing %s",

@@ -22,7 +22,11 @@ from medpipe.segment.settings import resolve_settings
 logger = logging.getLogger(__name__)
 
 #: Normalisation keys compared besides ``method`` and ``interpolation``, per method.
-_METHOD_KEYS = {"percentile": ("percentiles",), "ct_window": ("window_hu",)}
+_METHOD_KEYS = {
+    "percentile": ("percentiles",),
+    "ct_window": ("window_hu",),
+    "whitestripe": ("whitestripe_width", "whitestripe_contrast"),
+}
 
 
 def _plain(value: Any) -> Any:
