@@ -13,6 +13,8 @@ in config must agree with it (:func:`medpipe.convert.discover.check_declared_mod
 The image keeps dcm2niix's voxel grid and orientation (no reorientation here): later stages work
 in world coordinates and reorient where they need to, so this stage stays a faithful conversion.
 Rescale slope/intercept are applied: an image whose dcm2niix output is scaled is stored as float32.
+With ``sequences.<name>.suv: true`` a PET series is stored as body-weight SUV (float32): dcm2niix's Bq/mL
+times the factor :mod:`medpipe.convert.suv` computes from the headers, recorded as the sidecar's ``suv``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from medpipe.convert.discover import (
     scan_dicom_folder,
     select_series,
 )
+from medpipe.convert.suv import SuvRecord, apply_suv, pet_suv, suv_requested
 from medpipe.core.errors import DicomError
 from medpipe.core.geometry import Geometry
 from medpipe.core.io import load_nifti, save_nifti, stored_voxels
@@ -188,6 +191,16 @@ def header_modality(group: SeriesGroup, *, subject: str, sequence: str, phi: Seq
     return ModalityRecord(modality=group.first.modality, source="dicom_header")
 
 
+def _series_suv(
+    group: SeriesGroup, wanted: bool, *, subject: str, sequence: str, phi: Sequence[str]
+) -> SuvRecord | None:
+    """The SUVbw factor of the selected PET series when ``sequences.<sequence>.suv`` is true, else ``None``."""
+    if not wanted:
+        return None
+    headers = [inst.header for inst in group.instances]
+    return pet_suv(headers, modality=group.first.modality, subject=subject, sequence=sequence, label=group.label(phi))
+
+
 def _select_group(root: Path, sel: Selector, *, subject: str, sequence: str) -> tuple[SeriesGroup, list[str]]:
     """Scan ``root``, group its files into candidate volumes and pick the one ``sel`` selects.
 
@@ -258,6 +271,7 @@ def _write_convert_sidecar(
     bids: Mapping[str, Any],
     warnings: list[str],
     phi: Sequence[str],
+    suv: SuvRecord | None = None,
 ) -> tuple[str, int]:
     """Write the de-identification table and the sidecar of the converted image.
 
@@ -290,6 +304,7 @@ def _write_convert_sidecar(
                 "dcm2niix_anonymised_sidecar": True,
             },
             "warnings": warnings,
+            **({} if suv is None else {"suv": suv.to_json()}),
         },
     )
     return version, len(removed)
@@ -322,7 +337,8 @@ def convert_sequence(
         Subject ID (from the subject sheet) and sequence name (config ``sequences``).
     selector
         Series selection rules, see :class:`medpipe.convert.discover.Selector`; a non-empty ``nifti``
-        key (config validation fills the others with defaults) switches to the NIfTI import.
+        key (config validation fills the others with defaults) switches to the NIfTI import; ``suv: true``
+        stores a PET series as body-weight SUV (:mod:`medpipe.convert.suv`).
 
     Returns
     -------
@@ -334,12 +350,14 @@ def convert_sequence(
     DicomError
         No or several matching series, a refused series (tilt, spacing, missing slices, ...), a
         declared ``modality`` that the header's Modality (0008,0060) contradicts, unreadable or
-        truncated files, or a failed conversion; the message names subject, sequence, series and reason.
+        truncated files, ``suv: true`` on a series that is not PET or lacks a tag SUV needs, or a failed
+        conversion; the message names subject, sequence, series and reason (or tag).
     ConfigError
-        For a NIfTI input whose ``modality`` names several or an unknown modality.
+        For a NIfTI input whose ``modality`` names several or an unknown modality, or with ``suv: true``.
     """
     from medpipe.core.qc import save_image_panel
 
+    wants_suv = suv_requested(selector, subject=subject, sequence=sequence)  # refuses suv with a NIfTI input
     if selector.get("nifti"):
         from medpipe.convert.nifti import import_nifti_sequence
 
@@ -358,7 +376,9 @@ def convert_sequence(
     layout = check_series_geometry(group, sel, subject=subject, sequence=sequence, phi=phi)
     check_pixel_data(group, subject=subject, root=root, sequence=sequence, phi=phi)
     header_modality(group, subject=subject, sequence=sequence, phi=phi)  # refuse before running dcm2niix
+    suv = _series_suv(group, wants_suv, subject=subject, sequence=sequence, phi=phi)  # ditto
     data, affine, bids, warnings = _convert_group(group, sel, subject=subject, sequence=sequence, phi=phi)
+    data = data if suv is None else apply_suv(data, suv)
     save_nifti(data, affine, out_image)
     geometry = Geometry(tuple(int(v) for v in data.shape[:3]), affine)
     version, n_removed = _write_convert_sidecar(
@@ -374,6 +394,7 @@ def convert_sequence(
         bids=bids,
         warnings=warnings,
         phi=phi,
+        suv=suv,
     )
     save_image_panel(
         data,

@@ -37,6 +37,10 @@ NON_IMAGE_MODALITIES = frozenset({"RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "S
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 #: Orientations (direction cosines) closer than this are the same orientation.
 ORIENTATION_TOL = 1e-3
+#: Keys of ``sequences.<name>`` that are no selection rules: filled from the schema, then dropped by
+#: :func:`parse_selector` (``nifti``: a NIfTI input, which the caller imports instead of parsing a selector;
+#: ``suv``: body-weight SUV of a PET series, accepted here and read by :mod:`medpipe.convert.suv`).
+CONVERSION_OPTIONS = ("nifti", "suv")
 
 
 @dataclass
@@ -142,7 +146,8 @@ class Selector:
         ``refuse`` or ``resample`` (use dcm2niix's tilt-corrected output).
 
     Defaults and allowed values are the schema's (``sequences.<name>`` in ``config.schema.yaml``);
-    build one with :func:`parse_selector`.
+    build one with :func:`parse_selector`. The conversion options of ``sequences.<name>`` that select
+    nothing (:data:`CONVERSION_OPTIONS`) are validated there but are no fields here.
     """
 
     series_description: str | None
@@ -178,7 +183,7 @@ def parse_selector(raw: Mapping[str, Any], *, sequence: str) -> Selector:
     ConfigError
         Unknown keys, a value the schema refuses, or an invalid regular expression, naming the sequence.
     """
-    known = set(Selector.__dataclass_fields__)
+    known = set(Selector.__dataclass_fields__) | {"suv"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"sequences.{sequence}: unknown selector key(s) {unknown}; known: {sorted(known)}")
@@ -186,7 +191,8 @@ def parse_selector(raw: Mapping[str, Any], *, sequence: str) -> Selector:
         kw: dict[str, Any] = with_defaults(raw, "sequences", "*")
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("sequences.*", f"sequences.{sequence}")) from exc
-    kw.pop("nifti", None)
+    for key in CONVERSION_OPTIONS:
+        kw.pop(key, None)
     for key in ("modality", "exclude_image_type"):
         if key in kw:
             value = kw[key]
