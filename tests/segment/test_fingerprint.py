@@ -13,7 +13,7 @@ from medpipe.core.io import save_nifti
 from medpipe.segment.fingerprint import (
     FG_SAMPLES_PER_CASE,
     TrainingFingerprint,
-    _even_sample,
+    even_sample,
     compute_fingerprint,
 )
 
@@ -49,11 +49,11 @@ def test_fingerprint_matches_numpy_on_the_pooled_foreground(tmp_path: Path) -> N
 
 def test_foreground_sample_is_even_and_capped() -> None:
     values = np.arange(3 * FG_SAMPLES_PER_CASE, dtype=np.float32)
-    sample = _even_sample(values, FG_SAMPLES_PER_CASE)
+    sample = even_sample(values, FG_SAMPLES_PER_CASE)
     assert sample.size == FG_SAMPLES_PER_CASE
     assert sample[0] == values[0] and sample[-1] == values[-1]
-    assert np.array_equal(sample, _even_sample(values, FG_SAMPLES_PER_CASE))  # no random draw
-    assert _even_sample(values[:10], FG_SAMPLES_PER_CASE).size == 10
+    assert np.array_equal(sample, even_sample(values, FG_SAMPLES_PER_CASE))  # no random draw
+    assert even_sample(values[:10], FG_SAMPLES_PER_CASE).size == 10
 
 
 def test_bad_cases_are_refused(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ class TrainingFingerprint:
         )
 
 
-def _even_sample(values: npt.NDArray[np.float32], n: int) -> npt.NDArray[np.float32]:
+def even_sample(values: npt.NDArray[np.float32], n: int) -> npt.NDArray[np.float32]:
     """At most ``n`` values taken at evenly spaced positions (all of them when there are fewer)."""
     if values.size <= n:
         return values
@@ -111,7 +111,7 @@ def _ints3(v: npt.NDArray[np.int64]) -> tuple[int, int, int]:
     return (int(v[0]), int(v[1]), int(v[2]))
 
 
-def _channel_stats(channel: str, values: npt.NDArray[np.float64]) -> ChannelIntensity:
+def channel_stats(channel: str, values: npt.NDArray[np.float64]) -> ChannelIntensity:
     """Statistics of one channel's pooled foreground sample."""
     lo, med, hi = np.percentile(values, [0.5, 50.0, 99.5])
     return ChannelIntensity(
@@ -166,7 +166,7 @@ def compute_fingerprint(
         check_same_grid(grid, geometry_of(label_img), what="label vs image", subject=subject, path=label)
         foreground = np.asarray(label_img.dataobj) > 0
         for c in range(len(channels)):
-            samples[c].append(_even_sample(data[c][foreground], FG_SAMPLES_PER_CASE))
+            samples[c].append(even_sample(data[c][foreground], FG_SAMPLES_PER_CASE))
         spacings.append(grid.spacing)
         shapes.append(tuple(int(n) for n in grid.shape[:3]))
     if not any(s.size for s in samples[0]):
@@ -179,7 +179,7 @@ def compute_fingerprint(
         shape_min=_ints3(sh.min(axis=0)),
         shape_max=_ints3(sh.max(axis=0)),
         channels=tuple(
-            _channel_stats(name, np.concatenate(samples[c]).astype(np.float64)) for c, name in enumerate(channels)
+            channel_stats(name, np.concatenate(samples[c]).astype(np.float64)) for c, name in enumerate(channels)
         ),
     )
     logger.info(
