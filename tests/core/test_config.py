@@ -169,3 +169,54 @@ def test_radiomics_only_needs_human_sources_and_a_label(caplog: pytest.LogCaptur
     with caplog.at_level("WARNING"):
         check_radiomics_only(cfg, ["a", "b"], ["a"])
     assert "without a label get no features: b" in caplog.text
+
+
+_KEYWORDS = {
+    "type",
+    "enum",
+    "default",
+    "description",
+    "properties",
+    "additionalProperties",
+    "items",
+    "minItems",
+    "maxItems",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "pattern",
+    "minLength",
+    "minProperties",
+    "required",
+    "oneOf",
+    "anyOf",
+    "allOf",
+    "if",
+    "then",
+    "else",
+    "$schema",
+    "title",
+    "const",
+    "uniqueItems",
+}
+
+
+@pytest.mark.parametrize("schema", [CONFIG_SCHEMA, SHEET_SCHEMA], ids=lambda p: p.name)
+def test_schema_nodes_hold_only_json_schema_keywords(schema: Path) -> None:
+    """A comma in an unquoted flow-mapping description splits it into a stray key: such keys are caught here."""
+
+    def walk(node: object, where: str) -> list[str]:
+        if isinstance(node, list):
+            return [bad for i, item in enumerate(node) for bad in walk(item, f"{where}[{i}]")]
+        if not isinstance(node, dict):
+            return []
+        bad = [f"{where}.{k}" for k in node if k not in _KEYWORDS]
+        for key, value in node.items():
+            if key == "properties":
+                bad += [b for name, sub in value.items() for b in walk(sub, f"{where}.{name}")]
+            elif key in ("additionalProperties", "items", "if", "then", "else", "oneOf", "anyOf", "allOf"):
+                bad += walk(value, f"{where}.{key}")
+        return bad
+
+    assert walk(yaml.safe_load(schema.read_text()), "") == []
