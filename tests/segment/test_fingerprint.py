@@ -13,8 +13,8 @@ from medpipe.core.io import save_nifti
 from medpipe.segment.fingerprint import (
     FG_SAMPLES_PER_CASE,
     TrainingFingerprint,
-    even_sample,
     compute_fingerprint,
+    even_sample,
 )
 
 from .conftest import AFFINE, make_case

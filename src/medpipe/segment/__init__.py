@@ -7,5 +7,7 @@ inference (import-linter contract). :mod:`.cascade` holds the coarse-to-fine hel
 learning-curve table and plot. The per-case uncertainty record that :mod:`.infer` writes is defined in
 :mod:`medpipe.core.records`. :mod:`.bundle` packs the fold models of a run into a verifiable folder (record:
 :mod:`.bundle_record`; training fingerprint: :mod:`.fingerprint`; model card: :mod:`.card`; check of a new run's
-config: :mod:`.compatible`).
+config: :mod:`.compatible`). :mod:`.plan` turns a dataset fingerprint (:mod:`.dataset_fingerprint`) and a compute
+budget into settings with the rule behind each (nnU-Net's rules: :mod:`.plan_rules`; patch, depth, batch and
+cascade: :mod:`.plan_network`; timing on the machine: :mod:`.plan_measure`).
 """
