@@ -280,7 +280,7 @@ def test_test_and_external_subjects_are_never_trained_on(tmp_path: Path, tiny_wo
     cfg = yaml.safe_load(TINY_CONFIG.read_text())
     cfg["postprocess"]["largest_component"] = "auto"  # the decision is fitted on cross-validation cases only
     configfile = tmp_path / "config.yaml"
-    configfile.write_text(yaml.safe_dump(cfg))
+    configfile.write_text(yaml.safe_dump(cfg, sort_keys=False))  # keep the channel order
     proc = run(snakemake_cmd(wd, "-n", "--forceall", "results/evaluate/summary.tsv", configfile=configfile))
     jobs = _dry_run_jobs(proc.stdout + proc.stderr)
     trains = [inputs for rule, inputs, _ in jobs if rule == "train"]
@@ -313,7 +313,7 @@ def test_a_bundle_segments_a_new_cohort_without_training(tiny_run: Path, tmp_pat
     cfg = yaml.safe_load(TINY_CONFIG.read_text())
     cfg["segmentation"]["bundle"] = str(bundle_dir)
     configfile = tmp_path / "bundle.yaml"
-    configfile.write_text(yaml.safe_dump(cfg))
+    configfile.write_text(yaml.safe_dump(cfg, sort_keys=False))  # keep the channel order
 
     dry = run(snakemake_cmd(wd, "-n", configfile=configfile))
     rules = {rule for rule, _, _ in _dry_run_jobs(dry.stdout + dry.stderr)}
@@ -346,7 +346,7 @@ def test_a_bundle_segments_a_new_cohort_without_training(tiny_run: Path, tmp_pat
     shutil.rmtree(bundle_dir)
     shutil.copytree(tiny_run / "results/bundle", bundle_dir)
     cfg["sequences"] = dict(reversed(list(cfg["sequences"].items())))
-    configfile.write_text(yaml.safe_dump(cfg))
+    configfile.write_text(yaml.safe_dump(cfg, sort_keys=False))  # keep the channel order
     proc = run(snakemake_cmd(fresh, "-n", configfile=configfile), check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "sequences: bundle ['T1w', 'T2w'], run ['T2w', 'T1w']" in out
