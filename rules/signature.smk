@@ -27,6 +27,7 @@ rule signature:
     params:
         settings=config["signature"],
         labelled=LABELLED,
+        sets=SETS,
         seed=config["seed"],
     script:
         "../scripts/signature.py"

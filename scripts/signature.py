@@ -16,4 +16,5 @@ with script_logging(snakemake.log[0]):
         seed=snakemake.params.seed,
         reproducibility=snakemake.input.get("reproducibility"),
         robustness=snakemake.input.get("robustness"),
+        sets=snakemake.params.sets,
     )

@@ -12,6 +12,7 @@ import pytest
 from medpipe.core.config import with_defaults
 from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.io import write_tsv
+from medpipe.signature.delong import auc_delong
 from medpipe.signature.stage import check_signature_config, comparison_report, preselection_keys, signature_report
 
 N = 24
@@ -70,6 +71,35 @@ def test_models_per_source_and_their_delong_comparison(tmp_path: Path) -> None:
     assert row["n_subjects"] == N - 2 and 0 < row["p"] <= 1
     assert row["text"].count(" vs ") == 1 and "P " in row["text"]
     assert (tmp_path / "roc.png").stat().st_size > 0 and (tmp_path / "cal.png").stat().st_size > 0
+
+
+def test_test_and_external_subjects_are_scored_by_the_final_model_only(tmp_path: Path) -> None:
+    """Sheet set: CV and the final fit use the train subjects; test / external ones get the final model's score
+    once (reported per set with its DeLong CI) and are compared per set."""
+    features, outcomes = _inputs(tmp_path)
+    settings = _settings(outcomes)
+    sets = {s: "external" if i >= 16 else "train" for i, s in enumerate(SUBJECTS)}
+    oof = {}
+    for source in ("human", "auto"):
+        out = tmp_path / source
+        out.mkdir()
+        signature_report(features, outcomes, out / "oof.tsv", out / "sel.tsv", out / "model.json",
+                         source=source, settings=settings, labelled=SUBJECTS, seed=1, sets=sets)  # fmt: skip
+        oof[source] = out / "oof.tsv"
+        table = pd.read_csv(out / "oof.tsv", sep="\t", dtype={"subject": str}).set_index("subject")
+        assert table["set"].to_dict() == sets
+        record = json.loads((out / "model.json").read_text())
+        assert record["n_subjects"] == 16  # the model never saw the external subjects
+        ext = table[table["set"] == "external"]
+        assert ext["probability_sd"].isna().all()  # one score each, from the final model
+        y = ext["outcome"].to_numpy()
+        assert record["validation"]["external"]["n_subjects"] == 8
+        assert record["validation"]["external"]["auc"] == pytest.approx(auc_delong(y, ext["probability"]).auc)
+        assert record["validation"]["external"]["auc"] > 0.7  # the signal (f0) carries over
+    comparison_report(oof, tmp_path / "cmp.tsv", tmp_path / "roc.png", tmp_path / "cal.png",
+                      pairs=[["human", "auto"]], level=0.95, ci="delong")  # fmt: skip
+    rows = pd.read_csv(tmp_path / "cmp.tsv", sep="\t").set_index("set")
+    assert list(rows.index) == ["train", "external"] and rows.loc["external", "n_subjects"] == 8
 
 
 def test_preselection_keys(tmp_path: Path) -> None:

@@ -4,10 +4,12 @@
   source (every subject that has the outcome and a human label, so all sources are scored on the same
   subjects), the optional pre-selection to reproducible / robust features, repeated stratified CV
   (:func:`~medpipe.signature.model.cross_validate`), the model fitted on all of them
-  (:func:`~medpipe.signature.model.fit_final`) and its record.
+  (:func:`~medpipe.signature.model.fit_final`) and its record. Only subjects of the sheet's ``train`` set enter
+  the CV and the final fit; labelled ``test`` and ``external`` subjects are scored once by the final model
+  and reported per set (AUC with its DeLong CI), in the same table (column ``set``).
 * :func:`comparison_report` (rule ``signature_compare``): DeLong's test for every configured pair of sources
-  on their out-of-fold probabilities, in the reference study's form "AUC a (CI) vs b (CI), P = p", with ROC
-  and calibration plots.
+  on their out-of-fold probabilities (and, per held-out set, on the final models' scores), in the reference
+  study's form "AUC a (CI) vs b (CI), P = p", with ROC and calibration plots of the cross-validation.
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.io import read_feature_table, read_tsv, write_tsv
 from medpipe.core.sidecar import package_versions, sha256_file, write_json
 from medpipe.signature.compare import compare_sources
+from medpipe.signature.delong import auc_delong
 from medpipe.signature.features import feature_matrix, preselect
 from medpipe.signature.figures import plot_calibration, plot_roc
-from medpipe.signature.model import SignatureSettings, cross_validate, fit_final
+from medpipe.signature.model import FittedSignature, SignatureSettings, apply, cross_validate, fit_final
 from medpipe.signature.outcomes import check_events, read_outcomes
 
 logger = logging.getLogger(__name__)
 
+#: Sheet sets in report order (cross-validation, internal test, external).
+SET_ORDER = ("train", "test", "external")
 #: Columns of the out-of-fold table every ``signature`` job writes and ``signature_compare`` reads.
-OOF_COLUMNS = ("subject", "outcome", "probability", "probability_sd")
+OOF_COLUMNS = ("subject", "set", "outcome", "probability", "probability_sd")
 
 
 def preselection_keys(
@@ -58,9 +63,11 @@ def preselection_keys(
     return keys
 
 
-def _model_subjects(outcomes: pd.DataFrame, labelled: Sequence[str], n_folds: int, path: str | Path) -> list[str]:
+def _model_subjects(
+    outcomes: pd.DataFrame, labelled: Sequence[str], n_folds: int, path: str | Path, held_out: Sequence[str] = ()
+) -> list[str]:
     subjects = [s for s in outcomes.index if s in set(labelled)]
-    left_out = sorted(set(outcomes.index) - set(subjects))
+    left_out = sorted(set(outcomes.index) - set(subjects) - set(held_out))
     if left_out:
         logger.warning("outcome rows of %d subject(s) without a human label left out: %s", len(left_out), left_out)
     check_events(outcomes.loc[subjects, "outcome"].to_numpy(), n_folds=n_folds, path=path)
@@ -80,6 +87,7 @@ def signature_report(
     seed: int,
     reproducibility: str | Path | None = None,
     robustness: str | Path | None = None,
+    sets: Mapping[str, str] | None = None,
 ) -> Path:
     """Cross-validated outcome model of one mask source; writes OOF table, selection table and model record.
 
@@ -89,17 +97,25 @@ def signature_report(
         The whole ``config["signature"]`` section (schema-validated).
     labelled
         Subjects with a human label: models of every source use the outcome subjects among them.
+    sets
+        Subject -> sheet ``set``: ``train`` subjects are modelled, ``test`` / ``external`` ones scored by the
+        final model (every subject ``train`` when not given).
     """
     model_settings = SignatureSettings.from_mapping(settings["model"], seed=seed)
     outcomes = read_outcomes(outcomes_tsv, outcome=settings["outcome"], covariates=settings["covariates"])
-    subjects = _model_subjects(outcomes, labelled, model_settings.n_folds, outcomes_tsv)
+    set_of = {s: (sets or {}).get(s, "train") for s in labelled}
+    held = [s for s in outcomes.index if set_of.get(s, "train") != "train" and s in set_of]
+    train = [s for s in labelled if set_of[s] == "train"]
+    subjects = _model_subjects(outcomes, train, model_settings.n_folds, outcomes_tsv, held_out=held)
     keys = preselection_keys(settings["preselect"], reproducibility=reproducibility, robustness=robustness)
-    X = preselect(feature_matrix(read_feature_table(features_tsv), source, subjects=subjects), keys)
+    table = read_feature_table(features_tsv)
+    X = preselect(feature_matrix(table, source, subjects=subjects), keys)
     y = outcomes.loc[subjects, "outcome"]
     logger.info("source %s: %d subjects (%d events), %d candidate features", source, len(y), int(y.sum()), X.shape[1])
     cv = cross_validate(X, y, model_settings)
     final = fit_final(X, y, model_settings, threshold=cv.threshold)
-    write_tsv(cv.oof[list(OOF_COLUMNS)], out_oof)
+    scored = _score_held_out(final, table, source, outcomes, {s: set_of[s] for s in held}, keys)
+    write_tsv(pd.concat([cv.oof.assign(set="train"), scored])[list(OOF_COLUMNS)], out_oof)
     final_coef = final.coefficients.rename("final_coefficient")
     selection = cv.selection.merge(final_coef, left_on="feature", right_index=True, how="left")
     write_tsv(selection, out_selection)
@@ -111,6 +127,7 @@ def signature_report(
         "n_candidate_features": int(X.shape[1]),
         "preselect": settings["preselect"],
         "cv": cv.summary(),
+        "validation": _held_out_summary(scored),
         "final_model": final.as_dict(),
         "settings": {**settings["model"], "seed": seed},
         "inputs": {Path(p).name: sha256_file(p) for p in inputs},
@@ -120,8 +137,46 @@ def signature_report(
     return write_json(record, out_model)
 
 
+def _score_held_out(
+    final: FittedSignature,
+    table: pd.DataFrame,
+    source: str,
+    outcomes: pd.DataFrame,
+    sets: Mapping[str, str],
+    keys: set[str] | None,
+) -> pd.DataFrame:
+    """The final model's probability for each held-out (test / external) subject, in the OOF table's columns."""
+    if not sets:
+        return pd.DataFrame(columns=list(OOF_COLUMNS))
+    X = preselect(feature_matrix(table, source, subjects=list(sets)), keys)
+    scores = apply(final, X).set_index("subject")
+    subjects = list(scores.index)
+    return pd.DataFrame(
+        {
+            "subject": subjects,
+            "set": [sets[s] for s in subjects],
+            "outcome": outcomes.loc[subjects, "outcome"].to_numpy(),
+            "probability": scores["probability"].to_numpy(),
+            "probability_sd": float("nan"),
+        }
+    )
+
+
+def _held_out_summary(scored: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per held-out set: n, events and the final model's AUC with its DeLong CI (null with one class only)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, group in scored.groupby("set", sort=True):
+        y = group["outcome"].to_numpy(dtype=int)
+        entry: dict[str, Any] = {"n_subjects": len(y), "n_events": int(y.sum()), "auc": None}
+        if 0 < y.sum() < len(y):
+            r = auc_delong(y, group["probability"].to_numpy())
+            entry.update(auc=r.auc, ci_low=r.ci_low, ci_high=r.ci_high)
+        out[str(name)] = entry
+    return out
+
+
 def _read_oof(path: str | Path) -> pd.DataFrame:
-    table = read_tsv(path, dtype={"subject": str})
+    table = read_tsv(path, dtype={"subject": str, "set": str})
     missing = set(OOF_COLUMNS) - set(table.columns)
     if missing:
         raise DataError(f"out-of-fold table lacks columns {sorted(missing)}", path=path)
@@ -141,15 +196,23 @@ def comparison_report(
     """DeLong comparison of every configured pair of sources; table, ROC and calibration figures."""
     tables = {source: _read_oof(path) for source, path in oof.items()}
     first = next(iter(tables.values()))
-    y = first["outcome"]
     rows = []
     for a, b in pairs:
         if a not in tables or b not in tables:
             raise ConfigError(f"signature.compare: pair {[a, b]} names a source without a signature {sorted(tables)}")
-        cmp = compare_sources(tables[a]["probability"], tables[b]["probability"], y, sources=(a, b), level=level, ci=ci)
-        logger.info("%s vs %s: %s", a, b, cmp.text)
-        rows.append(cmp.as_dict())
+        for name in [s for s in SET_ORDER if s in set(first["set"])]:  # CV first, then test, external
+            ta, tb = (tables[s][tables[s]["set"] == name] for s in (a, b))
+            y = first.loc[first["set"] == name, "outcome"]
+            if name != "train" and not 0 < y.sum() < len(y):
+                logger.warning("%s vs %s: set %s has one outcome class only; not compared", a, b, name)
+                continue
+            cmp = compare_sources(ta["probability"], tb["probability"], y, sources=(a, b), level=level, ci=ci)
+            logger.info("%s vs %s (%s): %s", a, b, name, cmp.text)
+            rows.append({"set": name, **cmp.as_dict()})
     write_tsv(pd.DataFrame(rows), out_table)
+    first = first[first["set"] == "train"]
+    tables = {s: t[t["set"] == "train"] for s, t in tables.items()}
+    y = first["outcome"]
     probabilities = {s: t.loc[y.index, "probability"].to_numpy() for s, t in tables.items()}
     title = "; ".join(f"{r['source_a']} vs {r['source_b']}: {r['text']}" for r in rows)
     plot_roc(y.to_numpy(), probabilities, out_roc, title=title)
