@@ -27,8 +27,9 @@ from tests.workflow.conftest import REPO, run
 pytestmark = pytest.mark.workflow
 
 PLANTED_PHI = "DOE^JANE_MEDPIPEPHI_19700101"
-#: results/ folders without QC images by design: fold list, and the audit pages (HTML tables).
-NO_IMAGE_STAGES = {"split", "audit"}
+#: results/ folders without QC images by design: fold list, the audit pages (HTML tables) and the model bundle
+#: (weights, records and a markdown model card; its CV numbers are the evaluation summary in the report).
+NO_IMAGE_STAGES = {"split", "audit", "bundle"}
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
