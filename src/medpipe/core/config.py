@@ -67,6 +67,14 @@ def _config_schema() -> dict[str, Any]:
     return load_schema(CONFIG_SCHEMA)
 
 
+def sheet_sets() -> tuple[str, ...]:
+    """The subject sheet's ``set`` values in report order (cross-validation, internal test, external).
+
+    The enum of ``subjects.schema.yaml``, the one place they are listed.
+    """
+    return tuple(load_schema(SUBJECTS_SCHEMA)["properties"]["set"]["enum"])
+
+
 def section_schema(*keys: str) -> dict[str, Any]:
     """The sub-schema of ``config.schema.yaml`` for the config section ``keys`` (e.g. ``"preprocess", "n4"``).
 

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from medpipe.core.config import sheet_sets
 from medpipe.core.errors import DataError
 from medpipe.core.geometry import check_same_grid, geometry_of
 from medpipe.core.io import load_nifti, save_png, write_tsv
@@ -56,7 +57,7 @@ METRICS = (
 TSV_FORMAT = {"na_rep": "NaN", "float_format": "%.10g"}
 
 #: Subject-sheet sets in report order: cross-validation first, then internal test, then external.
-SET_ORDER = ("train", "test", "external")
+SET_ORDER = sheet_sets()
 #: Metrics shown in the summary box plot.
 PLOT_METRICS = ("dice", "jaccard", "hd95_mm", "msd_mm")
 

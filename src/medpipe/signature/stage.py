@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from medpipe.core.config import sheet_sets
 from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.io import read_feature_table, read_tsv, write_tsv
 from medpipe.core.sidecar import package_versions, sha256_file, write_json
@@ -34,7 +35,7 @@ from medpipe.signature.outcomes import check_events, read_outcomes
 logger = logging.getLogger(__name__)
 
 #: Sheet sets in report order (cross-validation, internal test, external).
-SET_ORDER = ("train", "test", "external")
+SET_ORDER = sheet_sets()
 #: Columns of the out-of-fold table every ``signature`` job writes and ``signature_compare`` reads.
 OOF_COLUMNS = ("subject", "set", "outcome", "probability", "probability_sd")
 
