@@ -65,7 +65,7 @@ def _cpu_model() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
+    except OSError:  # no /proc (macOS, some containers): the platform module's answer below
         pass
     return platform.processor() or "unknown"
 
