@@ -50,6 +50,13 @@ if SEGMENT and config["segmentation"]["bundle"]:
 
     BUNDLE = bundle_for_run(config, SUBJECTS)
 TRAIN = SEGMENT and bool(LABELLED) and BUNDLE is None  # this run trains its own fold models
+# Domain-shift flags (medpipe.evaluate.shift) need a shift reference: this run's (fitted on its training set's
+# cross-validated predictions) or the bundle's; a bundle exported without one gets no flags.
+SHIFT_REFERENCE = None
+if TRAIN and len(TRAIN_SET) >= 2:
+    SHIFT_REFERENCE = "results/evaluate/shift_reference.json"
+elif BUNDLE is not None and (BUNDLE.root / "evaluate" / "shift_reference.json").is_file():
+    SHIFT_REFERENCE = str(BUNDLE.root / "evaluate" / "shift_reference.json")
 FOLDS = assign_folds(TRAIN_SET, config["segmentation"]["folds"], config["seed"]) if TRAIN else {}
 N_FOLDS = config["segmentation"]["folds"]
 SOURCES = [s for s in config["radiomics"]["sources"] if s == "auto" or LABELLED]
@@ -201,6 +208,7 @@ def get_bundle_inputs(wildcards):
         "image_sidecars": [str(sidecar_path(p)) for p in images],  # read beside each image
         "labels": [_label_on_grid(s) for s in TRAIN_SET],
         "cv_summary": "results/evaluate/summary.tsv",
+        **({"shift_reference": SHIFT_REFERENCE} if SHIFT_REFERENCE else {}),
     }
 
 
@@ -284,8 +292,42 @@ def get_compared_source(index):
 
 
 def get_uncertainty_files(wildcards):
-    """Uncertainty records of predict (none in a radiomics-only run: the review list is then empty)."""
-    return [str(uncertainty_path("results", s)) for s in SUBJECTS] if SEGMENT else []
+    """Uncertainty records of predict and the domain-shift records of every subject (none in a radiomics-only
+    run: the review list is then empty)."""
+    records = [str(uncertainty_path("results", s)) for s in SUBJECTS] if SEGMENT else []
+    return records + (shift_records() if SHIFT_REFERENCE else [])
+
+
+def shift_records():
+    """One domain-shift review record per subject (written by rule shift_flags)."""
+    return [f"results/evaluate/shift/sub-{s}_shift.json" for s in SUBJECTS]
+
+
+def _shift_case_inputs(subjects):
+    """What the shift flags read per subject: native reference grid, normalised channels (their sidecars hold
+    the intensity profiles), automatic mask and uncertainty record."""
+    normalised = [_normalised(s, q) for s in subjects for q in SEQUENCES]
+    return {
+        "reference_images": [f"results/convert/sub-{s}/sub-{s}_{REF}.nii.gz" for s in subjects],
+        "normalised": normalised,
+        "normalised_sidecars": [str(sidecar_path(p)) for p in normalised],  # read beside each image
+        "auto_masks": [f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz" for s in subjects],
+        "uncertainty": [str(uncertainty_path("results", s)) for s in subjects],
+    }
+
+
+def get_shift_reference_inputs(wildcards):
+    """The training subjects' facts and their cross-validated metrics: inputs of rule shift_reference."""
+    return {**_shift_case_inputs(TRAIN_SET), "metrics": "results/evaluate/metrics.tsv"}
+
+
+def get_shift_flag_inputs(wildcards):
+    """Every subject's facts, the shift reference (this run's or the bundle's) and, when subjects are labelled,
+    their metrics: inputs of rule shift_flags."""
+    inputs = {**_shift_case_inputs(SUBJECTS), "reference": SHIFT_REFERENCE}
+    if LABELLED:
+        inputs["metrics"] = "results/evaluate/metrics.tsv"
+    return inputs
 
 
 def get_signature_inputs(wildcards):
@@ -318,6 +360,8 @@ def get_final_outputs(wildcards=None):
         outs += ["results/evaluate/summary.tsv"]
     if TRAIN:
         outs += ["results/bundle"]
+    if SEGMENT and SHIFT_REFERENCE:
+        outs += ["results/evaluate/shift_flags.tsv"]
     if "human" in SOURCES and "auto" in SOURCES and len(LABELLED) >= config["stats"]["min_subjects"]:
         outs += ["results/stats/reproducibility.tsv"]
     if PERTURBATIONS and len(LABELLED) >= config["stats"]["min_subjects"]:

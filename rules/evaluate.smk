@@ -71,3 +71,72 @@ rule evaluate_summary:
         sites=SITES,
     script:
         "../scripts/evaluate_summary.py"
+
+
+# Domain-shift flags: the training set's intensity profiles, grid range and volumes with thresholds calibrated on
+# its cross-validated predictions (kept in the model bundle), then every subject scored against them.
+rule shift_reference:
+    input:
+        unpack(get_shift_reference_inputs),
+    output:
+        reference="results/evaluate/shift_reference.json",
+    log:
+        "logs/shift_reference/shift_reference.log",
+    benchmark:
+        "logs/benchmarks/shift_reference/shift_reference.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        subjects=TRAIN_SET,
+        sets=SETS,
+        sites=SITES,
+        channels=SEQUENCES,
+        settings=config["evaluate"]["shift"],
+    script:
+        "../scripts/shift_reference.py"
+
+
+rule shift_flags:
+    input:
+        unpack(get_shift_flag_inputs),
+    output:
+        table=report(
+            "results/evaluate/shift_flags.tsv",
+            caption="../report/shift_flags.rst",
+            category="5. Evaluation",
+            subcategory="Internal vs external validation",
+        ),
+        performance=report(
+            "results/evaluate/shift_performance.tsv",
+            caption="../report/shift_flags.rst",
+            category="5. Evaluation",
+            subcategory="Internal vs external validation",
+        ),
+        plot=report(
+            "results/evaluate/shift_flags.png",
+            caption="../report/shift_flags.rst",
+            category="5. Evaluation",
+            subcategory="Internal vs external validation",
+        ),
+        records=shift_records(),
+    log:
+        "logs/shift_flags/shift_flags.log",
+    benchmark:
+        "logs/benchmarks/shift_flags/shift_flags.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        subjects=SUBJECTS,
+        sets=SETS,
+        sites=SITES,
+        channels=SEQUENCES,
+    script:
+        "../scripts/shift_flags.py"

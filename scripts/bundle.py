@@ -17,4 +17,5 @@ with script_logging(snakemake.log[0]):
         label_name=snakemake.params.label_name,
         curves=list(snakemake.input.curves),
         cv_summary=snakemake.input.cv_summary,
+        shift_reference=snakemake.input.get("shift_reference"),
     )

@@ -13,6 +13,7 @@ from medpipe.core.config import normalise_settings as resolve_settings
 from medpipe.core.errors import DataError, GeometryError, MedpipeError
 from medpipe.core.geometry import geometry_of, grid_differences
 from medpipe.core.io import save_nifti
+from medpipe.core.records import read_intensity_profile
 from medpipe.core.resample import resample_label_like, target_grid
 from medpipe.preprocess.normalise import normalise_array, normalise_image
 
@@ -76,6 +77,16 @@ def test_native_grid_zscore(tmp_path: Path) -> None:
     data = res.get_fdata()
     assert abs(data[mask > 0].mean()) < 1e-4 and abs(data[mask > 0].std() - 1) < 1e-4
     assert json.loads((tmp_path / "n.json").read_text())["parameters"]["method"] == "zscore"
+    # Stage contract normalise -> evaluate (domain-shift flags): the sidecar's intensity profile is the
+    # percentiles 1..99 of the normalised voxels inside the mask.
+    profile = read_intensity_profile(out)
+    np.testing.assert_allclose(profile.quantiles, np.percentile(data[mask > 0], range(1, 100)), atol=2e-6)
+    assert profile.n_voxels == int((mask > 0).sum())
+    sidecar = json.loads((tmp_path / "n.json").read_text())
+    del sidecar["intensity_profile"]
+    (tmp_path / "n.json").write_text(json.dumps(sidecar))
+    with pytest.raises(DataError, match="re-run the normalise stage"):
+        read_intensity_profile(out, subject="S1")
 
 
 def test_all_channels_and_label_share_the_training_grid(tmp_path: Path) -> None:

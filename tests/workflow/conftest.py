@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,32 @@ def run(
             f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
         )
     return proc
+
+
+#: Parts of ``.snakemake/`` that belong to one running or interrupted invocation, not to the results.
+_TRANSIENT = {"locks", "incomplete", "conda", "slurm_logs"}
+
+
+def clone_run(source: Path, dest: Path, *, verify: bool = True) -> Path:
+    """Copy a finished run (inputs, outputs, logs, Snakemake metadata) with every mtime kept.
+
+    With ``verify`` the copy must be complete in Snakemake's eyes: a dry run there has nothing to do.
+    """
+    for name in ("resources", "results", "logs", "benchmarks"):
+        if (source / name).exists():
+            shutil.copytree(source / name, dest / name, copy_function=shutil.copy2, symlinks=True)
+    meta = source / ".snakemake"
+    shutil.copytree(
+        meta,
+        dest / ".snakemake",
+        copy_function=shutil.copy2,
+        symlinks=True,
+        ignore=lambda d, names: [n for n in names if Path(d) == meta and n in _TRANSIENT],
+    )
+    if verify:
+        dry = run(snakemake_cmd(dest, "--cores", "1", "-n"))
+        assert "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]
+    return dest
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ import yaml
 
 from medpipe.core.io import load_nifti
 from medpipe.core.sidecar import sha256_file
-from tests.workflow.conftest import BIN, TINY_CONFIG, run, snakemake_cmd
+from tests.workflow.conftest import BIN, TINY_CONFIG, clone_run, run, snakemake_cmd
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
@@ -44,30 +44,6 @@ BROKEN = "BROKEN01"
 RUN_TIMEOUT = 900
 #: Stages downstream of prediction; the broken-subject test deletes them so they must be recomputed.
 DOWNSTREAM = ("postprocess", "evaluate", "radiomics", "stats", "audit")
-#: Parts of ``.snakemake/`` that belong to one running or interrupted invocation, not to the results.
-_TRANSIENT = {"locks", "incomplete", "conda", "slurm_logs"}
-
-
-def _clone_run(source: Path, dest: Path, *, verify: bool = True) -> Path:
-    """Copy a finished run (inputs, outputs, logs, Snakemake metadata) with every mtime kept.
-
-    With ``verify`` the copy must be complete in Snakemake's eyes: a dry run there has nothing to do.
-    """
-    for name in ("resources", "results", "logs", "benchmarks"):
-        if (source / name).exists():
-            shutil.copytree(source / name, dest / name, copy_function=shutil.copy2, symlinks=True)
-    meta = source / ".snakemake"
-    shutil.copytree(
-        meta,
-        dest / ".snakemake",
-        copy_function=shutil.copy2,
-        symlinks=True,
-        ignore=lambda d, names: [n for n in names if Path(d) == meta and n in _TRANSIENT],
-    )
-    if verify:
-        dry = run(snakemake_cmd(dest, "--cores", "1", "-n"))
-        assert "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]
-    return dest
 
 
 def _sheet(workdir: Path) -> pd.DataFrame:
@@ -99,7 +75,7 @@ def _assert_native_mask(res: Path, subject: str) -> None:
 
 
 def test_broken_subject_fails_only_its_own_jobs(tmp_path: Path, tiny_run: Path) -> None:
-    workdir = _clone_run(tiny_run, tmp_path / "wd")
+    workdir = clone_run(tiny_run, tmp_path / "wd")
     sheet = _sheet(workdir)
     good = sorted(sheet["subject"])
     labelled = sorted(sheet.loc[sheet["label"] != "", "subject"])
@@ -204,7 +180,7 @@ def _retrain_setup(tmp_path: Path, tiny_run: Path, name: str, *, verify: bool = 
 
     Models are protected outputs: the documented way to retrain is to delete them by hand.
     """
-    workdir = _clone_run(tiny_run, tmp_path / name, verify=verify)
+    workdir = clone_run(tiny_run, tmp_path / name, verify=verify)
     for model in (workdir / "results/train").glob("fold-*/model.pt"):
         model.unlink()
     return workdir

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.workflow.conftest import REPO, TINY_CONFIG, run, snakemake_cmd
+from tests.workflow.conftest import REPO, TINY_CONFIG, clone_run, run, snakemake_cmd
 
 pytestmark = pytest.mark.workflow
 
@@ -152,11 +152,19 @@ def test_lint_is_clean(tiny_workdir: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def test_second_run_from_scratch_is_bit_identical_and_verify_catches_a_byte(
-    tmp_path: Path, tiny_workdir: Path, tiny_run: Path
+#: Stages recomputed by the re-run test: everything after prediction (the stages a changed analysis setting
+#: re-runs). Conversion, preprocessing, split, training and prediction from scratch are compared with this run
+#: file for file by tests/workflow/test_slurm.py (a second, independent run of the same workflow through SLURM).
+RECOMPUTED = ("postprocess", "evaluate", "radiomics", "stats", "signature", "bundle", "audit")
+
+
+def test_rerun_of_the_analysis_stages_is_bit_identical_and_verify_catches_a_byte(
+    tmp_path: Path, tiny_run: Path
 ) -> None:
-    """Deterministic mode: a second run of the whole tiny workflow reproduces every output bit for bit."""
-    wd = _fresh_workdir(tmp_path, tiny_workdir)
+    """Deterministic mode: the stages after prediction, run again, reproduce every output bit for bit."""
+    wd = clone_run(tiny_run, tmp_path / "wd", verify=False)
+    for stage in RECOMPUTED:
+        shutil.rmtree(wd / "results" / stage)
     run(snakemake_cmd(wd, "--cores", "2", "--profile", str(REPO / "profiles" / "default")))
     medpipe = str(Path(sys.executable).parent / "medpipe")
     diff = run(
@@ -173,7 +181,7 @@ def test_second_run_from_scratch_is_bit_identical_and_verify_catches_a_byte(
     )
     result = json.loads((tmp_path / "diff.json").read_text())
     assert diff.returncode == 0 and result["identical"], diff.stdout[-4000:]
-    assert result["stages"]["train"]["files"] > 0 and result["stages"]["radiomics"]["files"] > 0
+    assert all(result["stages"][s]["files"] > 0 for s in ("radiomics", "stats", "signature", "evaluate"))
 
     target = wd / "results/evaluate/metrics.tsv"
     data = bytearray(target.read_bytes())
@@ -253,6 +261,33 @@ def test_the_run_bundles_its_models_verifiably(tiny_run: Path, tmp_path: Path) -
         load_bundle(copy)
 
 
+def test_shift_flags_are_calibrated_bundled_and_reviewed(tiny_run: Path) -> None:
+    """The shift reference is fitted on the training set's cross-validated cases and travels in the bundle;
+    every subject has a flag row and a review record, flagged ones are in the review list with the reason."""
+    res = tiny_run / "results"
+    reference = json.loads((res / "evaluate/shift_reference.json").read_text())
+    assert (res / "bundle/evaluate/shift_reference.json").read_bytes() == (
+        res / "evaluate/shift_reference.json"
+    ).read_bytes()
+    subjects = _subjects(tiny_run)
+    assert sorted(reference["subjects"]) == subjects  # the tiny sheet has no set column: all train
+    assert set(reference["calibration"]) == {"intensity", "uncertainty", "volume"}
+    flags = pd.read_csv(res / "evaluate/shift_flags.tsv", sep="\t", dtype={"subject": str}, keep_default_na=False)
+    assert sorted(flags["subject"]) == subjects
+    for row in flags.itertuples():
+        cv = reference["cv_scores"]["intensity"][row.subject]
+        assert cv is None or float(row.intensity_score) == pytest.approx(cv)
+    perf = pd.read_csv(res / "evaluate/shift_performance.tsv", sep="\t")
+    assert set(perf["set"]) == {"train"} and set(perf["flag"]) >= {"intensity", "grid", "any"}
+    review = pd.read_csv(res / "audit/flagged_cases.tsv", sep="\t", dtype=str, keep_default_na=False)
+    shifted = review[review["stage"] == "shift"]
+    expected = sorted(flags.loc[flags["any_flag"].astype(str) == "True", "subject"])
+    assert sorted(shifted["subject"]) == expected
+    assert all(r for r in shifted["reason"])
+    html = (res / "report.html").read_text(errors="replace")
+    assert "Internal vs external validation" in html and "shift_flags.tsv" in html
+
+
 def _dry_run_jobs(out: str) -> list[tuple[str, list[str], dict[str, str]]]:
     """(rule, input files, wildcards) of every job a dry run lists."""
     jobs = []
@@ -318,6 +353,10 @@ def test_a_bundle_segments_a_new_cohort_without_training(tiny_run: Path, tmp_pat
     dry = run(snakemake_cmd(wd, "-n", configfile=configfile))
     rules = {rule for rule, _, _ in _dry_run_jobs(dry.stdout + dry.stderr)}
     assert {"predict", "evaluate_summary", "radiomics"} <= rules and not {"split", "train", "bundle"} & rules
+    # The domain-shift flags use the thresholds calibrated by the training run, kept in the bundle.
+    assert "shift_reference" not in rules
+    (shift_inputs,) = [i for rule, i, _ in _dry_run_jobs(dry.stdout + dry.stderr) if rule == "shift_flags"]
+    assert str(bundle_dir / "evaluate/shift_reference.json") in shift_inputs
 
     subject = sorted(df["subject"])[0]
     pred = f"results/predict/sub-{subject}/sub-{subject}_prob.nii.gz"

@@ -16,6 +16,13 @@ of the sidecar ``results/convert/sub-X/sub-X_<sequence>.json``, are those of :me
     {"modality": "CT", "modality_source": "dicom_header"}
     {"modality": "MR", "modality_source": "default",
      "modality_note": "NIfTI input without sequences.T1w.modality: assumed MR"}
+
+The intensity profile of a normalised image is written by the preprocess stage
+(:func:`medpipe.preprocess.normalise.normalise_image`) into the image's sidecar and read by the
+domain-shift flags of the evaluate stage (:func:`read_intensity_profile`): the percentiles 1..99 of the
+normalised intensities inside the brain (or body) mask, on the grid the statistics were taken on::
+
+    {"intensity_profile": {"levels_percent": [1, ..., 99], "quantiles": [...], "n_voxels": 123456}}
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
 
 from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.sidecar import read_sidecar, write_json
@@ -260,3 +270,73 @@ def read_modality(image: str | Path, *, subject: str | None = None) -> ModalityR
             path=path,
         )
     return ModalityRecord(modality=modality.upper(), source=source, note=str(data.get("modality_note", "")))
+
+
+#: Percent levels of an intensity profile (1, 2, ..., 99).
+PROFILE_LEVELS = tuple(range(1, 100))
+#: Sidecar key of the intensity profile.
+PROFILE_KEY = "intensity_profile"
+
+
+@dataclass(frozen=True)
+class IntensityProfile:
+    """Percentiles of an image's intensities inside its mask (the shape of its histogram).
+
+    Attributes
+    ----------
+    quantiles
+        Intensity at each of :data:`PROFILE_LEVELS` percent.
+    n_voxels
+        Voxels the percentiles were taken over.
+    """
+
+    quantiles: tuple[float, ...]
+    n_voxels: int
+
+    @classmethod
+    def of(cls, values: npt.ArrayLike) -> IntensityProfile:
+        """The profile of ``values`` (the intensities inside the mask; at least one, all finite)."""
+        x = np.asarray(values, dtype=np.float64).ravel()
+        if x.size == 0 or not np.isfinite(x).all():
+            raise DataError(f"an intensity profile needs finite values, got {x.size} values")
+        q = np.percentile(x, PROFILE_LEVELS)
+        return cls(quantiles=tuple(round(float(v), 6) for v in q), n_voxels=int(x.size))
+
+    def to_json(self) -> dict[str, Any]:
+        """The sidecar field (see the module docstring)."""
+        return {
+            PROFILE_KEY: {
+                "levels_percent": list(PROFILE_LEVELS),
+                "quantiles": list(self.quantiles),
+                "n_voxels": self.n_voxels,
+            }
+        }
+
+
+def read_intensity_profile(image: str | Path, *, subject: str | None = None) -> IntensityProfile:
+    """The intensity profile in the sidecar of a normalised image (``image`` or its ``.json``).
+
+    Raises
+    ------
+    DataError
+        When the sidecar holds no valid profile (written by an older medpipe: re-run normalise).
+    """
+    path = Path(image)
+    data = read_sidecar(path.with_suffix(".nii") if path.suffix == ".json" else path, subject=subject)
+    record = data.get(PROFILE_KEY)
+    ok = (
+        isinstance(record, dict)
+        and record.get("levels_percent") == list(PROFILE_LEVELS)
+        and isinstance(record.get("quantiles"), list)
+        and len(record["quantiles"]) == len(PROFILE_LEVELS)
+        and all(_number(v) is not None for v in record["quantiles"])
+        and isinstance(record.get("n_voxels"), int)
+    )
+    if not ok or not isinstance(record, dict):
+        raise DataError(
+            f"sidecar records no valid {PROFILE_KEY} (got {str(record)[:80]!r}); it was written by an older "
+            "medpipe: re-run the normalise stage (snakemake --forcerun normalise)",
+            subject=subject,
+            path=path,
+        )
+    return IntensityProfile(quantiles=tuple(float(v) for v in record["quantiles"]), n_voxels=int(record["n_voxels"]))

@@ -7,13 +7,21 @@ Layout under the output folder (``resources/demo`` by default)::
                                             T1w_clean (NIfTI + sidecars), t2w_to_t1w_rigid.json,
                                             subject.json (every drawn parameter)
     truth/outcomes.tsv                      simulated binary outcome (medpipe.demo.outcome)
+    truth/sites.tsv                         set, site and scanner profile of every subject
     labels/demoNN_lesion.nii.gz             the "human" label (= truth lesion)
-    subjects.tsv                            subject sheet: subject, dicom, label
+    subjects.tsv                            subject sheet: subject, dicom, label (+ set, site when the
+                                            cohort has external subjects)
     phi.json                                every planted PHI string
     demo_manifest.json                      parameters + size and sha256 of every file
 
 The manifest is written last; a folder whose manifest records the same parameters and whose
 files are all present with the recorded sizes is up to date and is not regenerated.
+
+External subjects: the last ``n_external`` subjects are acquired on a second scanner whose profile
+(``external_shift``: more noise, a non-linear contrast change, a stronger bias field) survives N4 and
+z-score normalisation, so the workflow's external-set metrics show a real domain shift. They are written
+to the sheet as ``set: external``, ``site: demo-B``; the ``n_test`` subjects before them as ``set: test``,
+``site: demo-A`` (an unshifted internal hold-out); the others as ``set: train``, ``site: demo-A``.
 """
 
 from __future__ import annotations
@@ -28,14 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from medpipe import __version__
 from medpipe.core.config import section_schema, with_defaults
 from medpipe.core.errors import ConfigError, DataError
-from medpipe.core.io import atomic_path
+from medpipe.core.io import atomic_path, write_tsv
 from medpipe.core.sidecar import package_versions, sha256_file, write_json
 from medpipe.demo.dicom_series import FOV_CENTRE_MM, FOV_MM, make_grid
 from medpipe.demo.outcome import write_outcomes
-from medpipe.demo.subject import PHI_TOKEN, generate_subject
+from medpipe.demo.subject import PHI_TOKEN, REFERENCE_SCANNER, ScannerProfile, generate_subject
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +54,13 @@ MANIFEST = "demo_manifest.json"
 MARKER = ".medpipe_demo"
 OWNED = ("dicom", "truth", "labels")
 #: Bump when the generated content changes for the same settings.
-GENERATOR_VERSION = 2  # 2: truth/outcomes.tsv (simulated outcome)
+#: 2: truth/outcomes.tsv (simulated outcome); 3: external subjects (n_external, external_shift), truth/sites.tsv,
+#: scanner profile in subject.json (site-A pixel data unchanged).
+GENERATOR_VERSION = 3
+#: Sheet ``set`` and ``site`` of the demo's own subjects (scanner A) and of its external ones (scanner B).
+INTERNAL_SITE = ("train", "demo-A")
+EXTERNAL_SITE = ("external", "demo-B")
+TEST_SITE = ("test", "demo-A")
 
 
 def _default(key: str) -> Any:
@@ -56,8 +72,25 @@ def _spacing(value: Any) -> tuple[float, float, float]:
     return tuple(float(v) for v in value)  # type: ignore[return-value]
 
 
+def _profile(value: Any) -> ScannerProfile:
+    """``demo.external_shift`` (a mapping; missing keys take the schema defaults) as a :class:`ScannerProfile`."""
+    if isinstance(value, ScannerProfile):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"demo.external_shift: must be a mapping, got {value!r}")
+    filled = with_defaults(value, "demo", "external_shift")
+    return ScannerProfile(**{key: float(v) for key, v in filled.items()})
+
+
 #: How each ``demo:`` key is read from a config section.
-_CONVERT: dict[str, Any] = {"n_subjects": int, "seed": int, "spacing_mm": _spacing}
+_CONVERT: dict[str, Any] = {
+    "n_subjects": int,
+    "seed": int,
+    "spacing_mm": _spacing,
+    "n_external": int,
+    "n_test": int,
+    "external_shift": _profile,
+}
 
 
 @dataclass(frozen=True)
@@ -67,6 +100,9 @@ class DemoSettings:
     n_subjects: int = field(default_factory=lambda: int(_default("n_subjects")))
     seed: int = field(default_factory=lambda: int(_default("seed")))
     spacing_mm: tuple[float, float, float] = field(default_factory=lambda: _spacing(_default("spacing_mm")))
+    n_external: int = field(default_factory=lambda: int(_default("n_external")))
+    n_test: int = field(default_factory=lambda: int(_default("n_test")))
+    external_shift: ScannerProfile = field(default_factory=lambda: _profile(_default("external_shift")))
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> DemoSettings:
@@ -82,7 +118,34 @@ class DemoSettings:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the key and value when a setting is outside the schema's range."""
-        with_defaults({"n_subjects": self.n_subjects, "seed": self.seed, "spacing_mm": list(self.spacing_mm)}, "demo")
+        section = {
+            "n_subjects": self.n_subjects,
+            "seed": self.seed,
+            "spacing_mm": list(self.spacing_mm),
+            "n_external": self.n_external,
+            "n_test": self.n_test,
+            "external_shift": self.external_shift.describe(),
+        }
+        with_defaults(section, "demo")
+        if self.n_external + self.n_test >= self.n_subjects:
+            raise ConfigError(
+                f"demo.n_external: {self.n_external} (+ demo.n_test: {self.n_test}) must be smaller than "
+                f"demo.n_subjects ({self.n_subjects}): the cohort needs at least one site-A (training) subject"
+            )
+
+    def sites(self) -> dict[str, tuple[str, str]]:
+        """Subject -> (sheet ``set``, ``site``): the last ``n_external`` subjects are external."""
+        subjects = subject_ids(self.n_subjects)
+        first_external = self.n_subjects - self.n_external
+        first_test = first_external - self.n_test
+        return {
+            s: EXTERNAL_SITE if i >= first_external else TEST_SITE if i >= first_test else INTERNAL_SITE
+            for i, s in enumerate(subjects)
+        }
+
+    def scanner(self, subject: str) -> ScannerProfile:
+        """The scanner profile ``subject`` is acquired with (:data:`REFERENCE_SCANNER` on site A)."""
+        return self.external_shift if self.sites()[subject] == EXTERNAL_SITE else REFERENCE_SCANNER
 
     def parameters(self) -> dict[str, Any]:
         """Everything that determines the generated bytes (recorded in the manifest)."""
@@ -92,6 +155,9 @@ class DemoSettings:
             "n_subjects": self.n_subjects,
             "seed": self.seed,
             "spacing_mm": [float(s) for s in self.spacing_mm],
+            "n_external": self.n_external,
+            "n_test": self.n_test,
+            "external_shift": self.external_shift.describe(),
             "fov_mm": list(FOV_MM),
             "fov_centre_ras_mm": list(FOV_CENTRE_MM),
             "template": "nilearn MNI152 ICBM 2009a symmetric, 1 mm (brain mask, GM, WM)",
@@ -130,12 +196,17 @@ def _sheet_path(path: Path) -> str:
         return str(path.resolve())
 
 
-def write_subject_sheet(out_dir: Path, subjects: list[str]) -> Path:
-    """Write ``subjects.tsv`` (subject, dicom, label) for the generated cohort (only when it changed)."""
-    rows = ["subject\tdicom\tlabel"]
+def write_subject_sheet(out_dir: Path, subjects: list[str], sites: Mapping[str, tuple[str, str]] | None = None) -> Path:
+    """Write ``subjects.tsv`` for the generated cohort (only when it changed).
+
+    Columns subject, dicom, label, and ``set``, ``site`` when ``sites`` (subject -> (set, site), see
+    :meth:`DemoSettings.sites`) is given.
+    """
+    rows = ["subject\tdicom\tlabel" + ("\tset\tsite" if sites else "")]
     for s in subjects:
         label = out_dir / "labels" / f"{s}_lesion.nii.gz"
-        rows.append(f"{s}\t{_sheet_path(out_dir / 'dicom' / s)}\t{_sheet_path(label)}")
+        extra = "".join(f"\t{v}" for v in sites[s]) if sites else ""
+        rows.append(f"{s}\t{_sheet_path(out_dir / 'dicom' / s)}\t{_sheet_path(label)}{extra}")
     path = out_dir / "subjects.tsv"
     text = "\n".join(rows) + "\n"
     if path.is_file() and path.read_text() == text:
@@ -143,6 +214,19 @@ def write_subject_sheet(out_dir: Path, subjects: list[str]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return path
+
+
+def _sheet_sites(settings: DemoSettings) -> dict[str, tuple[str, str]] | None:
+    """The sheet's set/site columns: only for a cohort with external subjects (else the sheet is unchanged)."""
+    return settings.sites() if settings.n_external or settings.n_test else None
+
+
+def write_sites(truth_dir: Path, settings: DemoSettings) -> Path:
+    """Write ``truth_dir/sites.tsv``: subject, set, site and the scanner profile each subject was acquired with."""
+    rows = []
+    for subject, (subset, site) in settings.sites().items():
+        rows.append({"subject": subject, "set": subset, "site": site, **settings.scanner(subject).describe()})
+    return write_tsv(pd.DataFrame(rows), truth_dir / "sites.tsv")
 
 
 def _prepare(out_dir: Path) -> Path:
@@ -171,7 +255,7 @@ def generate_demo_cohort(out_dir: str | Path, settings: DemoSettings, *, force: 
     out_dir
         Output folder, e.g. ``resources/demo``.
     settings
-        Cohort size, seed and voxel spacing.
+        Cohort size, seed, voxel spacing, number of external subjects and their scanner profile.
     force
         Regenerate even when the folder is up to date.
     """
@@ -187,13 +271,14 @@ def generate_demo_cohort(out_dir: str | Path, settings: DemoSettings, *, force: 
             settings.n_subjects,
             settings.seed,
         )
-        return write_subject_sheet(out, subjects)
+        return write_subject_sheet(out, subjects, _sheet_sites(settings))
     start = time.perf_counter()
     staging = _prepare(out)
     grid = make_grid(settings.spacing_mm)
     logger.info(
-        "generating %d demo subjects (seed %d) on grid %s at %s mm",
+        "generating %d demo subjects (%d external, seed %d) on grid %s at %s mm",
         settings.n_subjects,
+        settings.n_external,
         settings.seed,
         grid.shape,
         list(settings.spacing_mm),
@@ -202,8 +287,10 @@ def generate_demo_cohort(out_dir: str | Path, settings: DemoSettings, *, force: 
     uid_key = json.dumps(settings.parameters(), sort_keys=True)
     phi: dict[str, dict[str, str]] = {}
     for index, subject in enumerate(subjects, start=1):
-        phi[subject] = generate_subject(template, grid, index, settings.seed, staging, uid_key).phi
+        scanner = settings.scanner(subject)
+        phi[subject] = generate_subject(template, grid, index, settings.seed, staging, uid_key, scanner).phi
     write_outcomes(staging / "truth", subjects, settings.seed)
+    write_sites(staging / "truth", settings)
     for name in OWNED:
         shutil.rmtree(out / name, ignore_errors=True)
         os.replace(staging / name, out / name)
@@ -213,7 +300,7 @@ def generate_demo_cohort(out_dir: str | Path, settings: DemoSettings, *, force: 
         "Fake PHI planted in the DICOM headers; every value except PatientBirthDate (a DICOM date) contains the token."
     )
     write_json({"token": PHI_TOKEN, "note": note, "subjects": phi, "all_strings": strings}, out / "phi.json")
-    sheet = write_subject_sheet(out, subjects)
+    sheet = write_subject_sheet(out, subjects, _sheet_sites(settings))
     files = {
         str(p.relative_to(out)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for name in OWNED

@@ -1,7 +1,10 @@
 """One synthetic demo subject: anatomy, lesion, head motion, bias fields, noise, DICOM and truth.
 
 Every random choice comes from ``numpy.random.default_rng([seed, index])``, so subject ``demo03``
-is the same whatever the cohort size, and the same seed gives byte-identical files.
+is the same whatever the cohort size, and the same seed gives byte-identical files. An external
+subject's :class:`ScannerProfile` is applied deterministically after the same draws (contrast, bias
+amplitude and noise level are rescaled, nothing more is drawn), so a site-A subject does not depend on
+how many external subjects the cohort has.
 """
 
 from __future__ import annotations
@@ -46,6 +49,40 @@ SEQUENCES: dict[str, tuple[int, float, float, float]] = {
 }
 #: Gaussian point-spread function of the simulated acquisition (sigma, voxels).
 PSF_SIGMA_VOX = 0.5
+
+
+@dataclass(frozen=True)
+class ScannerProfile:
+    """How a scanner's images differ from the demo's reference (site-A) scanner; the identity by default.
+
+    Attributes
+    ----------
+    noise_factor
+        Multiplies the acquisition noise SD.
+    gamma
+        Contrast change of the clean signal: ``SIGNAL_SCALE * (x / SIGNAL_SCALE) ** gamma``.
+    bias_factor
+        Multiplies the bias-field amplitude.
+    """
+
+    noise_factor: float = 1.0
+    gamma: float = 1.0
+    bias_factor: float = 1.0
+
+    def contrast(self, clean: F32) -> F32:
+        """The clean signal as this scanner renders it (unchanged, same array, when ``gamma`` is 1)."""
+        if self.gamma == 1.0:
+            return clean
+        x = np.maximum(clean, np.float32(0.0)) / np.float32(SIGNAL_SCALE)
+        return (np.power(x, np.float32(self.gamma)) * np.float32(SIGNAL_SCALE)).astype(np.float32)
+
+    def describe(self) -> dict[str, float]:
+        """The profile as recorded in ``subject.json`` and ``truth/sites.tsv``."""
+        return {"noise_factor": self.noise_factor, "gamma": self.gamma, "bias_factor": self.bias_factor}
+
+
+#: The site-A scanner: images exactly as the generator made them before external subjects existed.
+REFERENCE_SCANNER = ScannerProfile()
 
 
 @dataclass(frozen=True)
@@ -216,6 +253,7 @@ def _write_sequence(
     study: StudyInfo,
     root: Path,
     record: dict[str, Any],
+    scanner: ScannerProfile = REFERENCE_SCANNER,
 ) -> list[Path]:
     """Synthesise and acquire one sequence; write its DICOM series, truth files and (T1w) the label.
 
@@ -235,6 +273,9 @@ def _write_sequence(
         Staging root (``dicom/``, ``truth/`` and ``labels/`` are written below it).
     record
         The subject record (``subject.json``); noise level and lesion volume are added in place.
+    scanner
+        The scanner's profile, applied after the draws: contrast of the clean signal, bias amplitude and
+        noise SD (the stored clean image, bias field and noise level are the applied ones).
 
     Returns
     -------
@@ -248,8 +289,9 @@ def _write_sequence(
     clean, brain, parts = _synthesise(
         template, grid, draws.lesion, draws.world_to_template, to_subject, sequence, draws.layer_factor
     )
-    bias = bias_field(rng, grid.shape, float(rng.uniform(0.15, 0.3)))
-    noise = float(rng.uniform(0.02, 0.035)) * SIGNAL_SCALE
+    clean = scanner.contrast(clean)
+    bias = bias_field(rng, grid.shape, float(rng.uniform(0.15, 0.3)) * scanner.bias_factor)
+    noise = float(rng.uniform(0.02, 0.035)) * SIGNAL_SCALE * scanner.noise_factor
     image = _acquire(clean, bias, noise, rng)
     record[f"noise_sigma_{sequence}"] = round(noise, 6)
     series = SeriesInfo(sequence, number, demo_uid(study.uid_key, subject, sequence), te, tr, flip)
@@ -272,9 +314,18 @@ def _write_sequence(
 
 
 def generate_subject(
-    template: Template, grid: DemoGrid, index: int, seed: int, root: Path, uid_key: str
+    template: Template,
+    grid: DemoGrid,
+    index: int,
+    seed: int,
+    root: Path,
+    uid_key: str,
+    scanner: ScannerProfile = REFERENCE_SCANNER,
 ) -> SubjectResult:
-    """Synthesise subject ``demo{index:02d}`` and write DICOM, truth and label under ``root``."""
+    """Synthesise subject ``demo{index:02d}`` and write DICOM, truth and label under ``root``.
+
+    ``scanner`` is the profile of the scanner it is acquired on (:data:`REFERENCE_SCANNER`: site A).
+    """
     subject = f"demo{index:02d}"
     rng = np.random.default_rng([seed, index])
     centre = np.asarray(FOV_CENTRE_MM, dtype=np.float64)
@@ -295,10 +346,11 @@ def generate_subject(
         "shift_mm": draws.shift.round(6).tolist(),
         "head_layer_factor": round(draws.layer_factor, 6),
         "lesion": draws.lesion.describe(),
+        "scanner": scanner.describe(),
     }
     files: list[Path] = []
     for sequence in SEQUENCES:
-        files += _write_sequence(template, grid, draws, rng, sequence, study, root, record)
+        files += _write_sequence(template, grid, draws, rng, sequence, study, root, record, scanner)
     record["noise"] = "Rician (Gaussian noise on real and imaginary channels), sigma in DICOM units"
     transform = _transform_record(draws.motion, draws.rot, draws.trans, centre)
     files.append(write_json(transform, truth / "t2w_to_t1w_rigid.json"))

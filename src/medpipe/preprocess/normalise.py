@@ -38,6 +38,7 @@ from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.geometry import check_finite, check_same_grid, geometry_of
 from medpipe.core.io import load_nifti, save_checked
 from medpipe.core.qc import save_histogram
+from medpipe.core.records import IntensityProfile
 from medpipe.core.resample import resample_to_grid, target_grid
 from medpipe.core.sidecar import write_sidecar
 from medpipe.preprocess.whitestripe import PACKAGE, fit_whitestripe
@@ -215,7 +216,7 @@ def normalise_image(
         },
         geometry=target,
         packages=packages,
-        extra=record,
+        extra={**record, **IntensityProfile.of(normalised[mask]).to_json()},  # read by the shift flags
     )
     logger.info(
         "normalised (%s) onto grid %s, spacing %s",

@@ -11,6 +11,8 @@ cross-validated training run, without that run's results folder::
     train/fold-K/model.pt.json       its train sidecar
     train/fold-K/learning_curve.tsv  and its learning curve (when given)
     evaluate/summary.tsv             the cross-validation summary (when given)
+    evaluate/shift_reference.json    the domain-shift reference with its calibrated thresholds (when given;
+                                     medpipe.evaluate.shift, applied to new subjects by an inference-only run)
 
 Where the recorded facts come from: the network settings, seed and per-fold training subjects from the
 folds' train sidecars (``parameters`` is the resolved ``segmentation`` section; all folds must agree); the
@@ -49,6 +51,8 @@ logger = logging.getLogger(__name__)
 #: ``format`` tag of manifest.json.
 MANIFEST_FORMAT = "medpipe-bundle-manifest-1"
 RECORD_FILE, CARD_FILE, MANIFEST_FILE = "bundle.json", "MODEL_CARD.md", "manifest.json"
+#: The domain-shift reference inside a bundle (and inside a run's results folder).
+SHIFT_REFERENCE_FILE = "evaluate/shift_reference.json"
 #: Packages whose versions the bundle records at export (the train sidecars hold those of training).
 BUNDLE_PACKAGES = (*CORE_PACKAGES, *SEG_PACKAGES)
 #: Files neither hashed nor refused at the top of a bundle: Snakemake's empty mtime carrier, which it adds
@@ -222,6 +226,7 @@ def write_bundle(
     label_name: str | None = None,
     curves: Sequence[str | Path] = (),
     cv_summary: str | Path | None = None,
+    shift_reference: str | Path | None = None,
 ) -> Path:
     """Write the bundle of one training run (layout: module docstring) and return its folder.
 
@@ -244,6 +249,8 @@ def write_bundle(
         Learning-curve TSVs, one per model in the order of ``models`` (or none).
     cv_summary
         Cross-validation summary TSV (``results/evaluate/summary.tsv``), optional.
+    shift_reference
+        Domain-shift reference (``results/evaluate/shift_reference.json``), optional; copied byte for byte.
 
     Raises
     ------
@@ -293,6 +300,8 @@ def write_bundle(
             copies[f"train/fold-{entry.fold}/learning_curve.tsv"] = curve_of[path]
     if cv_summary is not None:
         copies["evaluate/summary.tsv"] = Path(cv_summary)
+    if shift_reference is not None:
+        copies[SHIFT_REFERENCE_FILE] = Path(shift_reference)
     with _staging(out) as stage:
         for rel, source in copies.items():
             copy_file(source, stage / rel)
@@ -339,6 +348,7 @@ def export_run(results_dir: str | Path, out_dir: str | Path, *, label_name: str 
         label_name=label_name,
         curves=curves if all(c.is_file() for c in curves) else (),
         cv_summary=summary if summary.is_file() else None,
+        shift_reference=shift if (shift := results / SHIFT_REFERENCE_FILE).is_file() else None,
     )
 
 
