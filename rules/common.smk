@@ -44,11 +44,16 @@ SEGMENT = config["automatic_segmentation"]
 check_radiomics_only(config, SUBJECTS, LABELLED)
 # segmentation.bundle: inference only with an exported model bundle, verified and checked against this run's
 # config here, before any job (torch is imported only then).
+# A job re-reads this file: it reads the record only (the main process verified the bundle before any job).
 BUNDLE = None
-if SEGMENT and config["segmentation"]["bundle"]:
+if SEGMENT and config["segmentation"]["bundle"] and workflow.is_main_process:
     from medpipe.segment.compatible import bundle_for_run
 
     BUNDLE = bundle_for_run(config, SUBJECTS)
+elif SEGMENT and config["segmentation"]["bundle"]:
+    from medpipe.segment.bundle_record import read_bundle_unverified
+
+    BUNDLE = read_bundle_unverified(config["segmentation"]["bundle"])
 TRAIN = SEGMENT and bool(LABELLED) and BUNDLE is None  # this run trains its own fold models
 # Domain-shift flags (medpipe.evaluate.shift) need a shift reference: this run's (fitted on its training set's
 # cross-validated predictions) or the bundle's; a bundle exported without one gets no flags.

@@ -327,3 +327,18 @@ def test_a_killed_exports_staging_folder_is_cleared(run: Path, tmp_path: Path) -
     assert not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
     verify_bundle(out)
+
+
+def test_jobs_read_the_bundle_record_without_hashing_or_torch(run: Path, tmp_path: Path) -> None:
+    """What a job of an inference-only run reads (the main process verified the bundle): the same record and
+    model files as the verified load, from a module that imports no torch (each job re-reads the Snakefile)."""
+    import subprocess
+    import sys
+
+    from medpipe.segment.bundle_record import read_bundle_unverified
+
+    out = _bundle(run, tmp_path / "b")
+    verified, light = load_bundle(out), read_bundle_unverified(out)
+    assert light.record == verified.record and light.models == verified.models and light.root == verified.root
+    code = "import sys, medpipe.segment.bundle_record; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

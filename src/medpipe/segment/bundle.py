@@ -40,7 +40,7 @@ from medpipe import __version__
 from medpipe.core.errors import DataError
 from medpipe.core.io import atomic_path, copy_file
 from medpipe.core.sidecar import CORE_PACKAGES, package_versions, read_sidecar, sha256_file, sidecar_path, write_json
-from medpipe.segment.bundle_record import BundleRecord, FoldModel, ModelBundle, read_cv_summary
+from medpipe.segment.bundle_record import RECORD_FILE, BundleRecord, FoldModel, ModelBundle, read_cv_summary
 from medpipe.segment.card import model_card
 from medpipe.segment.fingerprint import compute_fingerprint
 from medpipe.segment.model import SEG_PACKAGES, load_model
@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 #: ``format`` tag of manifest.json.
 MANIFEST_FORMAT = "medpipe-bundle-manifest-1"
-RECORD_FILE, CARD_FILE, MANIFEST_FILE = "bundle.json", "MODEL_CARD.md", "manifest.json"
+CARD_FILE, MANIFEST_FILE = "MODEL_CARD.md", "manifest.json"
 #: The domain-shift reference inside a bundle (and inside a run's results folder).
 SHIFT_REFERENCE_FILE = "evaluate/shift_reference.json"
 #: Packages whose versions the bundle records at export (the train sidecars hold those of training).

@@ -180,3 +180,24 @@ def read_cv_summary(path: str | Path) -> tuple[CvMetric, ...]:
         )
         for r in rows
     )
+
+
+#: The record's file name inside a bundle.
+RECORD_FILE = "bundle.json"
+
+
+def read_bundle_unverified(path: str | Path) -> ModelBundle:
+    """The bundle's record and fold model files *without* re-hashing them (no torch import either).
+
+    For the jobs of an inference-only run only: the workflow's main process verified the bundle
+    (:func:`medpipe.segment.compatible.bundle_for_run`) before it started any job.
+    """
+    import json
+
+    root = Path(path)
+    try:
+        data = json.loads((root / RECORD_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read the bundle record: {exc}", path=root / RECORD_FILE) from exc
+    record = BundleRecord.from_json(data, path=root / RECORD_FILE)
+    return ModelBundle(root=root, record=record, models=tuple(root / f.model for f in record.folds))

@@ -21,7 +21,6 @@ import numpy.typing as npt
 from medpipe.core.errors import DataError
 from medpipe.core.geometry import check_same_grid, geometry_of
 from medpipe.core.io import load_nifti
-from medpipe.segment.data import load_image_stack
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +160,8 @@ def compute_fingerprint(
             raise DataError(
                 f"{len(paths)} images for channels {list(channels)}", subject=subject, path=paths[0] if paths else None
             )
+        from medpipe.segment.data import load_image_stack  # torch: only when a fingerprint is computed
+
         data, grid = load_image_stack(list(paths), subject=subject)
         label_img = load_nifti(label, subject=subject)
         check_same_grid(grid, geometry_of(label_img), what="label vs image", subject=subject, path=label)
