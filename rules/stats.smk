@@ -24,6 +24,12 @@ rule reproducibility:
             category="7. Reproducibility",
             subcategory="Retention by class",
         ),
+        by_set=report(
+            "results/stats/retention_by_set.tsv",
+            caption="../report/reproducibility.rst",
+            category="7. Reproducibility",
+            subcategory="Retention by set and site",
+        ),
     log:
         "logs/reproducibility/reproducibility.log",
     benchmark:
@@ -41,6 +47,8 @@ rule reproducibility:
         n_boot=config["stats"]["bootstrap"],
         seed=config["seed"],
         min_subjects=config["stats"]["min_subjects"],
+        sets=SETS,
+        sites=SITES,
     script:
         "../scripts/reproducibility.py"
 

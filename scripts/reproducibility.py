@@ -1,18 +1,21 @@
-"""Snakemake adapter: CCC / ICC / Bland-Altman per feature and retention per class."""
+"""Snakemake adapter: CCC / ICC / Bland-Altman per feature, retention per class, and per set and site."""
 
 from medpipe.core.logutil import script_logging
 from medpipe.stats.agreement import reproducibility_report
+from medpipe.stats.by_set import retention_by_set_report
 
 with script_logging(snakemake.log[0]):
-    reproducibility_report(
+    p, o = snakemake.params, snakemake.output
+    kw = dict(source_a=p.source_a, source_b=p.source_b, cutoff=p.cutoff, n_boot=p.n_boot, seed=p.seed)
+    table = reproducibility_report(
+        snakemake.input.features, o.table, o.retention, o.plot, min_subjects=p.min_subjects, **kw
+    )
+    retention_by_set_report(
         snakemake.input.features,
-        snakemake.output.table,
-        snakemake.output.retention,
-        snakemake.output.plot,
-        source_a=snakemake.params.source_a,
-        source_b=snakemake.params.source_b,
-        cutoff=snakemake.params.cutoff,
-        n_boot=snakemake.params.n_boot,
-        seed=snakemake.params.seed,
-        min_subjects=snakemake.params.min_subjects,
+        o.by_set,
+        sets=p.sets,
+        sites=p.sites,
+        min_subjects=p.min_subjects,
+        whole_table=table,
+        **kw,
     )

@@ -288,6 +288,14 @@ def test_shift_flags_are_calibrated_bundled_and_reviewed(tiny_run: Path) -> None
     assert "Internal vs external validation" in html and "shift_flags.tsv" in html
 
 
+def test_retention_is_reported_per_set(tiny_run: Path) -> None:
+    """results/stats/retention_by_set.tsv: the tiny sheet has one set (train), whose retention is the run's."""
+    by_set = pd.read_csv(tiny_run / "results/stats/retention_by_set.tsv", sep="\t")
+    overall = pd.read_csv(tiny_run / "results/stats/retention_by_class.tsv", sep="\t")
+    assert set(by_set["set"]) == {"train"} and set(by_set["site"]) == {"all"}
+    pd.testing.assert_frame_equal(by_set.drop(columns=["set", "site", "n_subjects"]), overall)
+
+
 def _dry_run_jobs(out: str) -> list[tuple[str, list[str], dict[str, str]]]:
     """(rule, input files, wildcards) of every job a dry run lists."""
     jobs = []
