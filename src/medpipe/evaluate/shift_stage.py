@@ -95,6 +95,22 @@ def load_cases(
     return cases
 
 
+def cases_from_job(params: Any, inputs: Any) -> list[CaseFacts]:
+    """:func:`load_cases` from a shift rule's ``params`` (subjects, sets, sites, channels) and named ``input``
+    (reference_images, normalised, auto_masks, uncertainty, optional metrics): the rules' adapters."""
+    return load_cases(
+        list(params.subjects),
+        sets=params.sets,
+        sites=params.sites,
+        channels=list(params.channels),
+        reference_images=list(inputs.reference_images),
+        normalised=list(inputs.normalised),
+        auto_masks=list(inputs.auto_masks),
+        uncertainty=list(inputs.uncertainty),
+        metrics=getattr(inputs, "metrics", None),
+    )
+
+
 def run_reference(cases: Sequence[CaseFacts], settings: Mapping[str, Any], out: str | Path) -> Path:
     """Write the shift reference of the training ``cases`` (rule ``shift_reference``)."""
     reference = shift_reference(cases, settings)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -79,34 +80,15 @@ def retention_by_set(
 
 
 def retention_by_set_report(
-    features_tsv: str | Path,
-    out: str | Path,
-    *,
-    sets: Mapping[str, str],
-    sites: Mapping[str, str],
-    source_a: str = "human",
-    source_b: str = "auto",
-    cutoff: float | None = None,
-    n_boot: int | None = None,
-    seed: int = 0,
-    min_subjects: int | None = None,
-    whole_table: str | Path | None = None,
+    features_tsv: str | Path, out: str | Path, *, whole_table: str | Path | None = None, **settings: Any
 ) -> Path:
-    """Write :func:`retention_by_set` of the feature table (rule ``reproducibility``); ``whole_table``: the
-    per-feature table of all subjects that :func:`medpipe.stats.agreement.reproducibility_report` wrote."""
+    """Write :func:`retention_by_set` of the feature table (rule ``reproducibility``).
+
+    ``whole_table``: the per-feature table of all subjects that
+    :func:`medpipe.stats.agreement.reproducibility_report` wrote; ``settings``: the keyword arguments of
+    :func:`retention_by_set` (``sets``, ``sites``, sources, cutoff, bootstrap, seed, min_subjects).
+    """
     whole = (
         pd.read_csv(whole_table, sep="\t", keep_default_na=False, na_values=["NaN", "NA", ""]) if whole_table else None
     )
-    table = retention_by_set(
-        read_features(features_tsv),
-        sets=sets,
-        sites=sites,
-        source_a=source_a,
-        source_b=source_b,
-        cutoff=cutoff,
-        n_boot=n_boot,
-        seed=seed,
-        min_subjects=min_subjects,
-        whole=whole,
-    )
-    return write_tsv(table, out)
+    return write_tsv(retention_by_set(read_features(features_tsv), whole=whole, **settings), out)
