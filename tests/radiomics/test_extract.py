@@ -116,6 +116,30 @@ def test_empty_or_non_binary_mask_is_refused(tmp_path: Path) -> None:
         compute_features(image, mask * 2, params, settings, subject="S01")
 
 
+def test_an_empty_automatic_mask_gives_a_table_without_rows_other_sources_are_refused(tmp_path: Path) -> None:
+    """A network that found nothing (a shifted external scan) must not stop the run: its auto table has no rows,
+    and collect keeps the other tables; an empty human or perturbed mask is still an error."""
+    img, msk = _case(tmp_path)
+    params = _params(tmp_path, FAST)
+    empty = save_nifti(np.zeros(sitk.GetArrayFromImage(sitk.ReadImage(str(msk))).shape[::-1], np.uint8),
+                       nib_affine(msk), tmp_path / "empty.nii.gz", dtype=np.uint8)  # fmt: skip
+    out = extract_features(img, empty, tmp_path / "auto.tsv", subject="S01", source="auto", params_file=params)
+    table = pd.read_csv(out, sep="\t")
+    assert list(table.columns) == list(COLUMNS) and table.empty
+    human = extract_features(img, msk, tmp_path / "human.tsv", subject="S01", source="human", params_file=params)
+    both = pd.read_csv(collect([out, human], tmp_path / "all.tsv"), sep="\t")
+    assert set(both["source"]) == {"human"} and len(both) == len(pd.read_csv(human, sep="\t"))
+    for source in ("human", "erode"):
+        with pytest.raises(DataError, match="empty"):
+            extract_features(img, empty, tmp_path / "x.tsv", subject="S01", source=source, params_file=params)
+
+
+def nib_affine(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(path).affine)
+
+
 def test_refused_pyradiomics_settings(tmp_path: Path) -> None:
     bad = {**FAST, "setting": {**FAST["setting"], "resegmentRange": [0, 100]}}
     with pytest.raises(ConfigError, match="resegmentRange"):

@@ -102,6 +102,38 @@ def test_test_and_external_subjects_are_scored_by_the_final_model_only(tmp_path:
     assert list(rows.index) == ["train", "external"] and rows.loc["external", "n_subjects"] == 8
 
 
+def test_subjects_whose_automatic_mask_was_empty_are_left_out_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An empty automatic mask leaves its subject without auto features (radiomics writes no rows): the auto
+    model neither trains on nor scores it, the human model still does, and the paired comparison uses the subjects
+    both scored."""
+    features, outcomes = _inputs(tmp_path)
+    table = pd.read_csv(features, sep="\t", dtype={"subject": str})
+    lost_train, lost_ext = SUBJECTS[3], SUBJECTS[20]
+    table = table[~((table["source"] == "auto") & table["subject"].isin([lost_train, lost_ext]))]
+    features = write_tsv(table, tmp_path / "features_lost.tsv")
+    settings = _settings(outcomes)
+    sets = {s: "external" if i >= 16 else "train" for i, s in enumerate(SUBJECTS)}
+    oof = {}
+    for source in ("human", "auto"):
+        out = tmp_path / source
+        out.mkdir()
+        with caplog.at_level("WARNING"):
+            signature_report(features, outcomes, out / "oof.tsv", out / "sel.tsv", out / "model.json",
+                             source=source, settings=settings, labelled=SUBJECTS, seed=1, sets=sets)  # fmt: skip
+        oof[source] = out / "oof.tsv"
+    auto = pd.read_csv(oof["auto"], sep="\t", dtype={"subject": str}).set_index("subject")
+    human = pd.read_csv(oof["human"], sep="\t", dtype={"subject": str}).set_index("subject")
+    assert lost_train not in auto.index and lost_ext not in auto.index and len(human) == N
+    assert json.loads((tmp_path / "auto/model.json").read_text())["n_subjects"] == 15
+    assert f"['{lost_train}'] have no features" in caplog.text and f"['{lost_ext}'] have no features" in caplog.text
+    comparison_report(oof, tmp_path / "cmp.tsv", tmp_path / "roc.png", tmp_path / "cal.png",
+                      pairs=[["human", "auto"]], level=0.95, ci="delong")  # fmt: skip
+    rows = pd.read_csv(tmp_path / "cmp.tsv", sep="\t").set_index("set")
+    assert rows.loc["train", "n_subjects"] == 15 and rows.loc["external", "n_subjects"] == 7
+
+
 def test_preselection_keys(tmp_path: Path) -> None:
     repro = write_tsv(
         pd.DataFrame({"feature": ["a", "b", "c"], "reproducible": [True, False, True]}), tmp_path / "r.tsv"

@@ -255,6 +255,10 @@ def _row(
     }
 
 
+#: The one mask source whose mask may be empty (the network's): every other empty mask is an error.
+EMPTY_ALLOWED_SOURCE = "auto"
+
+
 def extract_features(
     image: str | Path,
     mask: str | Path,
@@ -275,7 +279,8 @@ def extract_features(
     subject
         Subject ID (subject sheet).
     source
-        Mask source, e.g. ``human``, ``auto``, a model name or a perturbation.
+        Mask source, e.g. ``human``, ``auto``, a model name or a perturbation. An empty ``auto`` mask gives a
+        table without rows (logged); any other empty mask is refused.
     params_file
         Radiomics params YAML (pyradiomics params + optional ``medpipe`` IBSI section).
     """
@@ -289,6 +294,11 @@ def extract_features(
         subject=subject,
         path=mask,
     )
+    if source == EMPTY_ALLOWED_SOURCE and not sitk.GetArrayViewFromImage(msk).any():
+        # A model that found nothing (e.g. on a shifted external scan): a table without rows, so the run goes on;
+        # downstream, the subject has no features of this source (reproducibility and outcome models say so).
+        logger.warning("subject %s: the automatic mask is empty; no %s features (table without rows)", subject, source)
+        return write_tsv(pd.DataFrame(columns=COLUMNS), out_tsv)
     raw, codes = compute_features(img, msk, params, ibsi, subject=subject)
     rows = feature_rows(raw, codes, params=params, spacing_mm=target_spacing(img, ibsi))
     provenance = {

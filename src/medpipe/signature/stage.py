@@ -110,6 +110,7 @@ def signature_report(
     subjects = _model_subjects(outcomes, train, model_settings.n_folds, outcomes_tsv, held_out=held)
     keys = preselection_keys(settings["preselect"], reproducibility=reproducibility, robustness=robustness)
     table = read_feature_table(features_tsv)
+    subjects = _with_features(table, source, subjects, "cross-validation")
     X = preselect(feature_matrix(table, source, subjects=subjects), keys)
     y = outcomes.loc[subjects, "outcome"]
     logger.info("source %s: %d subjects (%d events), %d candidate features", source, len(y), int(y.sum()), X.shape[1])
@@ -138,6 +139,18 @@ def signature_report(
     return write_json(record, out_model)
 
 
+def _with_features(table: pd.DataFrame, source: str, subjects: Sequence[str], what: str) -> list[str]:
+    """``subjects`` that have feature rows of ``source``; the others (an empty automatic mask: no features) are
+    left out of ``what`` with a warning naming them."""
+    have = set(table.loc[table["source"] == source, "subject"].astype(str))
+    absent = [s for s in subjects if s not in have]
+    if absent:
+        logger.warning(
+            "source %s: subject(s) %s have no features (empty mask?) and are left out of %s", source, absent, what
+        )
+    return [s for s in subjects if s in have]
+
+
 def _score_held_out(
     final: FittedSignature,
     table: pd.DataFrame,
@@ -147,9 +160,10 @@ def _score_held_out(
     keys: set[str] | None,
 ) -> pd.DataFrame:
     """The final model's probability for each held-out (test / external) subject, in the OOF table's columns."""
-    if not sets:
+    present = _with_features(table, source, list(sets), "scoring by the final model") if sets else []
+    if not present:
         return pd.DataFrame(columns=list(OOF_COLUMNS))
-    X = preselect(feature_matrix(table, source, subjects=list(sets)), keys)
+    X = preselect(feature_matrix(table, source, subjects=present), keys)
     scores = apply(final, X).set_index("subject")
     subjects = list(scores.index)
     return pd.DataFrame(
@@ -203,7 +217,12 @@ def comparison_report(
             raise ConfigError(f"signature.compare: pair {[a, b]} names a source without a signature {sorted(tables)}")
         for name in [s for s in SET_ORDER if s in set(first["set"])]:  # CV first, then test, external
             ta, tb = (tables[s][tables[s]["set"] == name] for s in (a, b))
-            y = first.loc[first["set"] == name, "outcome"]
+            common = ta.index.intersection(tb.index)  # a subject one source could not score is left out of the pair
+            if len(common) < max(len(ta), len(tb)):
+                gone = sorted(set(ta.index).symmetric_difference(tb.index))
+                logger.warning("%s vs %s (%s): subject(s) %s scored by one source only, left out", a, b, name, gone)
+            ta, tb = ta.loc[common], tb.loc[common]
+            y = ta["outcome"]
             if name != "train" and not 0 < y.sum() < len(y):
                 logger.warning("%s vs %s: set %s has one outcome class only; not compared", a, b, name)
                 continue
@@ -211,9 +230,9 @@ def comparison_report(
             logger.info("%s vs %s (%s): %s", a, b, name, cmp.text)
             rows.append({"set": name, **cmp.as_dict()})
     write_tsv(pd.DataFrame(rows), out_table)
-    first = first[first["set"] == "train"]
     tables = {s: t[t["set"] == "train"] for s, t in tables.items()}
-    y = first["outcome"]
+    common = sorted(set.intersection(*(set(t.index) for t in tables.values())))
+    y = first.loc[common, "outcome"]
     probabilities = {s: t.loc[y.index, "probability"].to_numpy() for s, t in tables.items()}
     title = "; ".join(f"{r['source_a']} vs {r['source_b']}: {r['text']}" for r in rows)
     plot_roc(y.to_numpy(), probabilities, out_roc, title=title)
