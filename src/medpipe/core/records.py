@@ -251,6 +251,11 @@ def declared_modality(
     return ModalityRecord(modality=names[0], source="config")
 
 
+def _image_sidecar(path: Path, subject: str | None) -> dict[str, Any]:
+    """The sidecar of an image given as the image (``X.nii.gz``) or as its sidecar (``X.json``)."""
+    return read_sidecar(path.with_suffix(".nii") if path.suffix == ".json" else path, subject=subject)
+
+
 def read_modality(image: str | Path, *, subject: str | None = None) -> ModalityRecord:
     """The modality record in the sidecar of a converted image (``image`` or its ``.json``).
 
@@ -260,7 +265,7 @@ def read_modality(image: str | Path, *, subject: str | None = None) -> ModalityR
         When the sidecar has no valid modality record (written by an older medpipe: re-run convert).
     """
     path = Path(image)
-    data = read_sidecar(path.with_suffix(".nii") if path.suffix == ".json" else path, subject=subject)
+    data = _image_sidecar(path, subject)
     modality, source = data.get("modality"), data.get("modality_source")
     if not isinstance(modality, str) or not modality or source not in MODALITY_SOURCES:
         raise DataError(
@@ -322,7 +327,7 @@ def read_intensity_profile(image: str | Path, *, subject: str | None = None) -> 
         When the sidecar holds no valid profile (written by an older medpipe: re-run normalise).
     """
     path = Path(image)
-    data = read_sidecar(path.with_suffix(".nii") if path.suffix == ".json" else path, subject=subject)
+    data = _image_sidecar(path, subject)
     record = data.get(PROFILE_KEY)
     ok = (
         isinstance(record, dict)

@@ -31,6 +31,7 @@ cross-validation cases; :func:`medpipe.evaluate.shift_table.flag_table` applies 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -102,7 +103,7 @@ class Calibration:
 
     def to_json(self) -> dict[str, Any]:
         """JSON form (rounded)."""
-        r = _rounded
+        r = rounded
         return {
             "score": self.score,
             "threshold": r(self.threshold),
@@ -113,7 +114,8 @@ class Calibration:
         }
 
 
-def _rounded(value: float | None) -> float | None:
+def rounded(value: float | None) -> float | None:
+    """``value`` rounded for the JSON records; ``None`` for ``None`` and non-finite values."""
     return None if value is None or not math.isfinite(value) else round(float(value), _DIGITS)
 
 
@@ -216,16 +218,16 @@ def shift_reference(train: Sequence[CaseFacts], settings: Mapping[str, Any]) -> 
         "format": REFERENCE_FORMAT,
         "settings": {k: float(settings[k]) for k in ("specificity", "dice_fail", "spacing_tolerance")},
         "subjects": [c.subject for c in train],
-        "spacing_mm": {"min": _r3(spacing.min(axis=0)), "max": _r3(spacing.max(axis=0))},
-        "fov_mm": {"min": _r3(fov.min(axis=0)), "max": _r3(fov.max(axis=0))},
+        "spacing_mm": {"min": _rounded_list(spacing.min(axis=0)), "max": _rounded_list(spacing.max(axis=0))},
+        "fov_mm": {"min": _rounded_list(fov.min(axis=0)), "max": _rounded_list(fov.max(axis=0))},
         "median_human_volume_ml": round(median_ml, _DIGITS),
         "profiles": {ch: [list(c.profiles[ch]) for c in train] for ch in channels},
         "calibration": calibrations,
-        "cv_scores": {k: {s: _rounded(v) if v is not None else None for s, v in scores[k].items()} for k in SCORES},
+        "cv_scores": {k: {s: rounded(v) for s, v in scores[k].items()} for k in SCORES},
     }
 
 
-def _r3(values: Any) -> list[float]:
+def _rounded_list(values: Any) -> list[float]:
     return [round(float(v), _DIGITS) for v in values]
 
 
@@ -236,8 +238,6 @@ def write_reference(reference: Mapping[str, Any], path: str | Path) -> Path:
 
 def read_reference(path: str | Path) -> dict[str, Any]:
     """Read a shift reference written by :func:`write_reference`, refusing another format (naming the file)."""
-    import json
-
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:

@@ -19,12 +19,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from medpipe.core.errors import DataError
 from medpipe.core.sidecar import write_json
-from medpipe.evaluate.shift import SCORES, CaseFacts, intensity_distance, volume_score
+from medpipe.evaluate.shift import SCORES, CaseFacts, intensity_distance, rounded, volume_score
 
 logger = logging.getLogger(__name__)
 
@@ -144,16 +143,15 @@ def write_review_records(table: pd.DataFrame, paths: Mapping[str, str | Path]) -
             "stage": REVIEW_STAGE,
             "flag": bool(r["any_flag"]),
             "reason": r["reasons"],
-            "score": _finite(r["intensity_score"]),
-            "threshold": _finite(r["intensity_threshold"]),
+            "score": rounded(_number(r["intensity_score"])),
+            "threshold": rounded(_number(r["intensity_threshold"])),
             "flags": [f for f in FLAGS[:-1] if r[f"{f}_flag"]],
         }
         write_json(record, path)
 
 
-def _finite(value: Any) -> float | None:
+def _number(value: Any) -> float | None:
     try:
-        v = float(value)
+        return float(value)
     except (TypeError, ValueError):
         return None
-    return round(v, 6) if np.isfinite(v) else None
