@@ -51,7 +51,9 @@ def _one(args: tuple[str, Path, Path, Path]) -> tuple[str, float]:
     for source, path in (("human", mask), ("eroded", eroded_path)):
         target = out / "features" / f"sub-{subject}_mask-{source}_features.tsv"
         if not target.exists():  # resume an interrupted benchmark
-            extract_features(image, path, target, subject=subject, source=source, params_file=params)
+            extract_features(
+                image, path, target, subject=subject, source=source, image_name="MR_T1", params_file=params
+            )
     return subject, time.perf_counter() - start
 
 

@@ -8,6 +8,7 @@ from medpipe.core.config import (
     check_radiomics_only,
     load_subject_sheet,
     nifti_inputs,
+    radiomics_images,
     validate_config,
 )
 from medpipe.core.determinism import export_job_environment
@@ -82,7 +83,8 @@ def _workflow_path(path):
     return str(p if p.is_absolute() or p.exists() else Path(workflow.basedir) / p)
 
 
-RADIOMICS_PARAMS = _workflow_path(config["radiomics"]["params"])
+# Images radiomics extracts from (radiomics.images; the reference sequence when empty) -> their params file.
+RADIOMICS_IMAGES = {name: _workflow_path(p) for name, p in radiomics_images(config).items()}
 FAILED_JOBS = "logs/failed_jobs.tsv"  # written by the Snakefile's onerror handler
 SHEET_PATHS = [v for column in ("dicom", "label") for v in SHEET[column] if v]  # redacted from its reasons
 
@@ -97,6 +99,7 @@ wildcard_constraints:
     moving=_alternatives(MOVING),
     source=_alternatives([*allowed_values("radiomics", "sources"), *allowed_values("radiomics", "perturbations")]),
     perturbation=_alternatives(MASK_PERTURBATIONS),
+    image=_alternatives(list(RADIOMICS_IMAGES)),
     fold=r"\d+",
 
 
@@ -263,10 +266,15 @@ def get_all_subject_metrics(wildcards):
 
 
 def get_radiomics_image(wildcards):
+    """The N4-corrected sequence (on the reference grid) named by the image wildcard, or its noisy copy."""
+    s, image = wildcards.subject, wildcards.image
     if wildcards.source == "noise":
-        s = wildcards.subject
-        return f"results/radiomics/sub-{s}/sub-{s}_desc-noise_{REF}.nii.gz"
-    return get_n4_reference(wildcards)
+        return f"results/radiomics/sub-{s}/sub-{s}_desc-noise_{image}.nii.gz"
+    return f"results/n4/sub-{s}/sub-{s}_{image}.nii.gz"
+
+
+def get_radiomics_params(wildcards):
+    return RADIOMICS_IMAGES[wildcards.image]
 
 
 def get_radiomics_mask(wildcards):
@@ -281,7 +289,8 @@ def get_radiomics_mask(wildcards):
 def get_all_feature_tables(wildcards):
     subjects = {"human": LABELLED, "auto": SUBJECTS, **{p: LABELLED for p in PERTURBATIONS}}
     return [
-        f"results/radiomics/sub-{s}/sub-{s}_mask-{src}_features.tsv"
+        f"results/radiomics/sub-{s}/sub-{s}_img-{image}_mask-{src}_features.tsv"
+        for image in RADIOMICS_IMAGES
         for src in [*SOURCES, *PERTURBATIONS]
         for s in subjects[src]
     ]

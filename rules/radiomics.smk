@@ -1,5 +1,6 @@
-# Radiomics: pyradiomics features of the N4-corrected reference sequence inside the human and the
-# automatic masks (native grid), with IBSI codes and provenance on every row; then one long table.
+# Radiomics: pyradiomics features of every image of radiomics.images (the N4-corrected sequences on the
+# reference grid; the reference sequence when empty), each with its own params file, inside the human and the
+# automatic masks, with IBSI codes and provenance on every row; then one long table with an image column.
 # Optional robustness sources: the human mask eroded / dilated / shifted, or the image with noise.
 
 
@@ -7,13 +8,13 @@ rule radiomics:
     input:
         image=get_radiomics_image,
         mask=get_radiomics_mask,
-        params=RADIOMICS_PARAMS,
+        params=get_radiomics_params,
     output:
-        features="results/radiomics/sub-{subject}/sub-{subject}_mask-{source}_features.tsv",
+        features="results/radiomics/sub-{subject}/sub-{subject}_img-{image}_mask-{source}_features.tsv",
     log:
-        "logs/radiomics/sub-{subject}_mask-{source}.log",
+        "logs/radiomics/sub-{subject}_img-{image}_mask-{source}.log",
     benchmark:
-        "logs/benchmarks/radiomics/sub-{subject}_mask-{source}.tsv"
+        "logs/benchmarks/radiomics/sub-{subject}_img-{image}_mask-{source}.tsv"
     conda:
         "../envs/radiomics.yaml"
     threads: 1
@@ -76,15 +77,15 @@ rule perturb_mask:
 
 rule perturb_image:
     input:
-        image=get_n4_reference,
+        image="results/n4/sub-{subject}/sub-{subject}_{image}.nii.gz",
         mask="results/convert/sub-{subject}/sub-{subject}_desc-human_mask.nii.gz",
     output:
-        image=f"results/radiomics/sub-{{subject}}/sub-{{subject}}_desc-noise_{REF}.nii.gz",
-        sidecar=f"results/radiomics/sub-{{subject}}/sub-{{subject}}_desc-noise_{REF}.json",
+        image="results/radiomics/sub-{subject}/sub-{subject}_desc-noise_{image}.nii.gz",
+        sidecar="results/radiomics/sub-{subject}/sub-{subject}_desc-noise_{image}.json",
     log:
-        "logs/perturb_image/sub-{subject}.log",
+        "logs/perturb_image/sub-{subject}_{image}.log",
     benchmark:
-        "logs/benchmarks/perturb_image/sub-{subject}.tsv"
+        "logs/benchmarks/perturb_image/sub-{subject}_{image}.tsv"
     conda:
         "../envs/radiomics.yaml"
     threads: 1

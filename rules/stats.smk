@@ -16,13 +16,13 @@ rule reproducibility:
             "results/stats/retention_by_class.tsv",
             caption="../report/reproducibility.rst",
             category="7. Reproducibility",
-            subcategory="Retention by class",
+            subcategory="Retention by image and class",
         ),
         plot=report(
             "results/stats/ccc.png",
             caption="../report/reproducibility.rst",
             category="7. Reproducibility",
-            subcategory="Retention by class",
+            subcategory="Retention by image and class",
         ),
         by_set=report(
             "results/stats/retention_by_set.tsv",

@@ -10,5 +10,6 @@ with script_logging(snakemake.log[0]):
         snakemake.output.features,
         subject=snakemake.wildcards.subject,
         source=snakemake.wildcards.source,
+        image_name=snakemake.wildcards.image,
         params_file=snakemake.input.params,
     )

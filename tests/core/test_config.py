@@ -11,6 +11,7 @@ from medpipe.core.config import (
     check_radiomics_only,
     load_subject_sheet,
     nifti_inputs,
+    radiomics_images,
     section_schema,
     validate_config,
     with_defaults,
@@ -169,6 +170,23 @@ def test_radiomics_only_needs_human_sources_and_a_label(caplog: pytest.LogCaptur
     with caplog.at_level("WARNING"):
         check_radiomics_only(cfg, ["a", "b"], ["a"])
     assert "without a label get no features: b" in caplog.text
+
+
+def test_radiomics_images_default_to_the_reference_and_must_be_sequences() -> None:
+    cfg = _config()
+    validate_config(cfg, CONFIG_SCHEMA)
+    assert radiomics_images(cfg) == {"T1w": "config/radiomics/mr.yaml"}  # empty: the reference only
+    cfg = _config()
+    cfg["radiomics"]["images"] = {"T2w": {"params": "config/radiomics/t2.yaml"}, "T1w": {}}
+    validate_config(cfg, CONFIG_SCHEMA)
+    assert radiomics_images(cfg) == {"T2w": "config/radiomics/t2.yaml", "T1w": "config/radiomics/mr.yaml"}
+    cfg = _config()
+    cfg["radiomics"]["images"] = {"T1w": {}, "ADC": {}}
+    with pytest.raises(ConfigError, match=r"radiomics.images: 'ADC' is not a sequence.*\['T1w', 'T2w'\]"):
+        validate_config(cfg, CONFIG_SCHEMA)
+    cfg["radiomics"]["images"] = {"T1w": {"param": "x.yaml"}}
+    with pytest.raises(ConfigError, match=r"radiomics.images.T1w: Additional properties"):
+        validate_config(cfg, CONFIG_SCHEMA)
 
 
 _KEYWORDS = {

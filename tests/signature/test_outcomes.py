@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from medpipe.core.errors import ConfigError, DataError
-from medpipe.signature.features import CorrelationFilter, feature_matrix, preselect
+from medpipe.signature.features import CorrelationFilter, feature_keys, feature_matrix, preselect
 from medpipe.signature.outcomes import check_events, read_outcomes
 
 SHEET = ["sub-01", "sub-02", "sub-03", "sub-04"]
@@ -110,3 +110,18 @@ def test_figures(tmp_path: Path) -> None:
     assert plot_calibration(y, probs, tmp_path / "cal.png").stat().st_size > 0
     pred, obs = calibration_bins(y, probs["auto"], 5)
     assert pred.shape == obs.shape == (5,) and np.all(np.diff(pred) >= 0)
+
+
+def test_feature_keys_name_the_image_when_there_are_several() -> None:
+    one = _long().assign(image="T1w")
+    assert list(feature_matrix(one, "human").columns) == ["original_firstorder_Mean", "original_shape_Volume"]
+    two = pd.concat([one, _long().assign(image="ADC")])
+    assert list(feature_matrix(two, "human").columns) == [
+        "ADC:original_firstorder_Mean",
+        "ADC:original_shape_Volume",
+        "T1w:original_firstorder_Mean",
+        "T1w:original_shape_Volume",
+    ]
+    stats = pd.DataFrame({"image": ["T1w", "ADC"], "feature": ["f", "f"]})
+    assert feature_keys(stats).tolist() == ["T1w:f", "ADC:f"]
+    assert feature_keys(stats.iloc[:1]).tolist() == ["f"]

@@ -16,7 +16,10 @@ from medpipe.stats.agreement import (
     feature_group,
     icc,
     lin_ccc,
+    pooled,
     reproducibility_report,
+    reproducibility_table,
+    retention_by_class,
 )
 
 #: Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges.
@@ -131,6 +134,7 @@ def _features(n_subjects: int = 12) -> pd.DataFrame:
                     {
                         "subject": f"S{s:02d}",
                         "source": source,
+                        "image": "T1w",
                         "image_type": image_type,
                         "feature_class": cls,
                         "feature": f"{image_type}_{cls}_{name}",
@@ -212,3 +216,25 @@ def test_settings_default_to_the_schema_and_min_subjects_is_threaded():
     assert agreement(x, x + 0.1, n_boot=50, min_subjects=5)["status"] == "too_few_subjects"
     with pytest.raises(ValueError, match=">= 5 subjects"):
         icc(np.column_stack([x, x]), min_subjects=5)
+
+
+def test_reproducibility_and_retention_are_per_image() -> None:
+    """Two images (radiomics.images): one row per image and feature; retention per image, then pooled."""
+    t1 = _features()
+    t2 = _features().assign(image="ADC")
+    poor = t2["source"] == "auto"  # every ADC feature of the automatic mask is noise: nothing reproducible there
+    t2.loc[poor, "value"] = np.random.default_rng(5).normal(0, 1, int(poor.sum()))
+    table = reproducibility_table(pd.concat([t1, t2]), n_boot=100, min_subjects=3)
+    assert table.groupby("image").size().to_dict() == {"ADC": 8, "T1w": 8}
+    alone = reproducibility_table(t1, n_boot=100, min_subjects=3)
+    same = table[table["image"] == "T1w"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(same, alone)  # an image's statistics do not depend on the other images
+    retention = retention_by_class(table)
+    assert list(retention.columns[:2]) == ["image", "class"]
+    assert list(dict.fromkeys(retention["image"])) == ["ADC", "T1w", "all"]
+    overall = retention[retention["class"] == "all"].set_index("image")
+    assert overall.loc["ADC", "n_reproducible"] == 0 and overall.loc["T1w", "n_reproducible"] == 4
+    assert overall.loc["all", "n_reproducible"] == 4
+    assert overall.loc["all", "n_features"] == overall.loc["ADC", "n_features"] + overall.loc["T1w", "n_features"]
+    assert set(pooled(retention)["image"]) == {"all"}
+    assert set(pooled(retention_by_class(alone))["image"]) == {"T1w"}

@@ -37,6 +37,7 @@ def _features(n: int = 15) -> pd.DataFrame:
                 {
                     "subject": f"S{s:02d}",
                     "source": source,
+                    "image": "T1w",
                     "image_type": image_type,
                     "feature_class": cls,
                     "feature": f"{image_type}_{cls}_{name}",
@@ -88,3 +89,22 @@ def test_missing_perturbation_source_is_named(tmp_path: Path) -> None:
         robustness_tables(features, perturbations=["shift"], n_boot=100)
     with pytest.raises(DataError, match="no mask perturbations"):
         robustness_tables(features, perturbations=[], n_boot=100)
+
+
+def test_robustness_is_per_image() -> None:
+    """Two images: per-image rows, the ICC over all sources joined per image; the bars pool the images."""
+    first = _features()
+    second = _features().assign(image="CT")
+    second.loc[second["source"] == "erode", "value"] += np.random.default_rng(9).normal(
+        0, 5, (second["source"] == "erode").sum()
+    )
+    table, by_class = robustness_tables(
+        pd.concat([first, second]), perturbations=["erode", "dilate"], n_boot=100, min_subjects=3
+    )
+    assert table.groupby("image").size().to_dict() == {"CT": 3, "T1w": 3}
+    robust = table.set_index(["image", "feature"])["robust"]
+    assert robust[("T1w", "original_shape_Stable")] and not robust[("CT", "original_shape_Stable")]
+    alone, _ = robustness_tables(first, perturbations=["erode", "dilate"], n_boot=100, min_subjects=3)
+    ours = table[table["image"] == "T1w"].reset_index(drop=True)
+    assert np.allclose(ours["icc31_all"], alone["icc31_all"])
+    assert set(by_class["image"]) == {"CT", "T1w", "all"}

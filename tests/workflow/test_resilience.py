@@ -107,11 +107,11 @@ def test_broken_subject_fails_only_its_own_jobs(tmp_path: Path, tiny_run: Path) 
         _assert_native_mask(res, s)
         made = [
             res / f"postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz",
-            res / f"radiomics/sub-{s}/sub-{s}_mask-auto_features.tsv",
+            res / f"radiomics/sub-{s}/sub-{s}_img-T1w_mask-auto_features.tsv",
         ]
         if s in labelled:
             made += [res / f"evaluate/sub-{s}/sub-{s}_metrics.tsv"]
-            made += [res / f"radiomics/sub-{s}/sub-{s}_mask-human_features.tsv"]
+            made += [res / f"radiomics/sub-{s}/sub-{s}_img-T2w_mask-human_features.tsv"]
         for path in made:
             assert path.stat().st_mtime >= started - 1, f"{path} was not written by this run"
         features = pd.read_csv(made[1], sep="\t")

@@ -48,6 +48,17 @@ def test_every_stage_produced_real_outputs(tiny_run: Path) -> None:
     assert metrics["dice"].between(0, 1).all()
     features = pd.read_csv(res / "radiomics/features.tsv", sep="\t")
     assert {"human", "auto"} <= set(features["source"])
+    # radiomics.images: both sequences, inside the same masks: equal shape features, different intensities
+    assert set(features["image"]) == {"T1w", "T2w"}
+    values = features[features["source"] == "human"].pivot_table(
+        index=["subject", "feature"], columns="image", values="value", aggfunc="first"
+    )
+    shape = values[values.index.get_level_values("feature").str.startswith("original_shape_")]
+    assert len(shape) > 0 and np.allclose(shape["T1w"], shape["T2w"])
+    mean = values.xs("original_firstorder_Mean", level="feature")
+    assert not np.allclose(mean["T1w"], mean["T2w"])
+    retention = pd.read_csv(res / "stats/retention_by_class.tsv", sep="\t")
+    assert list(dict.fromkeys(retention["image"])) == ["T1w", "T2w", "all"]
     repro = pd.read_csv(res / "stats/reproducibility.tsv", sep="\t")
     assert len(repro) > 50 and "ccc" in repro.columns
     assert {"erode", "dilate", "noise"} <= set(features["source"])
@@ -67,7 +78,7 @@ def test_every_stage_produced_real_outputs(tiny_run: Path) -> None:
         assert 0 < difference.std() < np.asarray(n4.dataobj, dtype=float)[human].std()
     robust = pd.read_csv(res / "stats/robustness_by_class.tsv", sep="\t")
     assert set(robust["perturbation"]) == {"erode", "dilate", "noise", "all"}
-    both = robust.set_index(["perturbation", "class"])["percent_reproducible"]
+    both = robust[robust["image"] == "all"].set_index(["perturbation", "class"])["percent_reproducible"]
     assert both[("all", "all")] <= min(both[(p, "all")] for p in ("erode", "dilate", "noise"))
     per_feature = pd.read_csv(res / "stats/robustness.tsv", sep="\t")
     assert {"icc31_all", "ccc_noise", "robust"} <= set(per_feature.columns)
@@ -80,6 +91,7 @@ def test_report_has_qc_images(tiny_run: Path) -> None:
     assert html.count("data:image/png") + html.count(".png") >= 8
     for stage in ("N4", "Skull", "Radiomics"):
         assert stage.lower() in html.lower()
+    assert "Retention by image and class" in html  # the per-image retention table (radiomics.images) is reported
 
 
 def test_rerun_has_nothing_to_do(tiny_run: Path) -> None:

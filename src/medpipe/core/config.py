@@ -185,12 +185,39 @@ def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -
             f"  postprocess.dicom_seg: true needs a DICOM reference series, but sequences."
             f"{config['reference_sequence']}.nifti is {ref_nifti!r}; set postprocess.dicom_seg: false"
         )
+    radiomics_images(config)  # refuses an image that is not a sequence
     if not config["automatic_segmentation"] and "auto" in config["radiomics"]["sources"]:
         raise ConfigError(
             "  radiomics.sources: lists 'auto', but automatic_segmentation is false (a radiomics-only run makes no "
             "automatic mask); set radiomics.sources: [human], or automatic_segmentation: true"
         )
     return config
+
+
+def radiomics_images(config: Mapping[str, Any]) -> dict[str, str]:
+    """The images radiomics extracts from, each with its params file (``radiomics.images``, validated config).
+
+    Returns
+    -------
+    dict
+        Sequence name -> params file, in config order; ``{reference_sequence: radiomics.params}`` when
+        ``radiomics.images`` is empty. An entry without ``params`` takes ``radiomics.params``.
+
+    Raises
+    ------
+    ConfigError
+        Naming an image that is not one of the configured sequences.
+    """
+    radiomics = config["radiomics"]
+    images = radiomics.get("images") or {config["reference_sequence"]: {}}
+    sequences = sorted(config.get("sequences", {}))
+    unknown = [name for name in images if name not in sequences]
+    if unknown:
+        raise ConfigError(
+            f"  radiomics.images: {unknown[0]!r} is not a sequence; radiomics extracts from the configured "
+            f"sequences {sequences} (co-registered to reference_sequence {config['reference_sequence']!r})"
+        )
+    return {name: str((entry or {}).get("params") or radiomics["params"]) for name, entry in images.items()}
 
 
 def check_radiomics_only(config: Mapping[str, Any], subjects: Sequence[str], labelled: Sequence[str]) -> None:

@@ -8,13 +8,13 @@ own ``resampledPixelSpacing`` and ``resegmentRange`` are refused: they follow ot
 (see :mod:`medpipe.radiomics.ibsi_preprocess`), so one extraction cannot mix the two.
 
 The output is a long table, one row per feature, with provenance on every row (subject, mask
-source, pyradiomics version, settings hash, image and mask sha256), the raw pyradiomics value
-(``value``) and, where the feature maps to IBSI-1, its code, name and IBSI-compliant value
-(``ibsi_value``, see :mod:`medpipe.radiomics.ibsi`). Rows of kind ``ibsi-derived`` hold IBSI features that
-pyradiomics does not report under that name (e.g. GLCM dissimilarity); they have no raw value. Every row also
-names the IBSI-2 filter of its image and its phase-1 compliance (``ibsi2_filter``, ``ibsi2_compliance``, from the
-params that ran, see :mod:`medpipe.radiomics.ibsi2_labels`); filtered images that cannot be made compliant are
-labelled so, not left out.
+source, image (the sequence the features are of), pyradiomics version, settings hash, image and mask
+sha256), the raw pyradiomics value (``value``) and, where the feature maps to IBSI-1, its code, name and
+IBSI-compliant value (``ibsi_value``, see :mod:`medpipe.radiomics.ibsi`). Rows of kind ``ibsi-derived`` hold
+IBSI features that pyradiomics does not report under that name (e.g. GLCM dissimilarity); they have no raw
+value. Every row also names the IBSI-2 filter of its image and its phase-1 compliance (``ibsi2_filter``,
+``ibsi2_compliance``, from the params that ran, see :mod:`medpipe.radiomics.ibsi2_labels`); filtered images that
+cannot be made compliant are labelled so, not left out.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 COLUMNS = [
     "subject",
     "source",
+    "image",
     "image_type",
     "feature_class",
     "feature",
@@ -266,6 +267,7 @@ def extract_features(
     *,
     subject: str,
     source: str,
+    image_name: str,
     params_file: str | Path,
 ) -> Path:
     """Extract pyradiomics features of one image/mask pair into a long TSV with provenance.
@@ -281,6 +283,8 @@ def extract_features(
     source
         Mask source, e.g. ``human``, ``auto``, a model name or a perturbation. An empty ``auto`` mask gives a
         table without rows (logged); any other empty mask is refused.
+    image_name
+        The image's name in the table (``image`` column): its sequence, e.g. ``T1w``, ``CT``, ``ADC``.
     params_file
         Radiomics params YAML (pyradiomics params + optional ``medpipe`` IBSI section).
     """
@@ -297,13 +301,19 @@ def extract_features(
     if source == EMPTY_ALLOWED_SOURCE and not sitk.GetArrayViewFromImage(msk).any():
         # A model that found nothing (e.g. on a shifted external scan): a table without rows, so the run goes on;
         # downstream, the subject has no features of this source (reproducibility and outcome models say so).
-        logger.warning("subject %s: the automatic mask is empty; no %s features (table without rows)", subject, source)
+        logger.warning(
+            "subject %s: the automatic mask is empty; no %s features of %s (table without rows)",
+            subject,
+            source,
+            image_name,
+        )
         return write_tsv(pd.DataFrame(columns=COLUMNS), out_tsv)
     raw, codes = compute_features(img, msk, params, ibsi, subject=subject)
     rows = feature_rows(raw, codes, params=params, spacing_mm=target_spacing(img, ibsi))
     provenance = {
         "subject": subject,
         "source": source,
+        "image": image_name,
         "pyradiomics_version": pyradiomics_version(),
         "settings_hash": settings_hash(params, ibsi),
         "image_sha256": sha256_file(image),
@@ -311,9 +321,10 @@ def extract_features(
     }
     table = pd.DataFrame([{**provenance, **row} for row in rows], columns=COLUMNS)
     logger.info(
-        "subject %s, mask %s: %d features (%d with an IBSI code)",
+        "subject %s, mask %s, image %s: %d features (%d with an IBSI code)",
         subject,
         source,
+        image_name,
         len(table),
         int((table["ibsi_code"] != "").sum()),
     )
@@ -323,8 +334,9 @@ def extract_features(
 def collect(tables: Iterable[str | Path], out: str | Path, out_plot: str | Path | None = None) -> Path:
     """Concatenate per-subject/source feature tables into one long TSV, sorted deterministically.
 
-    Raises :class:`DataError` when a table lacks the expected columns or when tables were made
-    with different settings (settings hash) or pyradiomics versions. With ``out_plot``, also draws
+    Raises :class:`DataError` when a table lacks the expected columns, when tables were made with different
+    pyradiomics versions, or when the tables of one image were made with different settings (settings hash;
+    each image has its own params file, ``radiomics.images``). With ``out_plot``, also draws
     the report's overview of key features per subject and mask source.
     """
     frames = []
@@ -343,11 +355,16 @@ def collect(tables: Iterable[str | Path], out: str | Path, out_plot: str | Path 
     if not frames:
         raise DataError("no feature tables to collect", path=out)
     table = pd.concat(frames, ignore_index=True)
-    for column in ("settings_hash", "pyradiomics_version"):
-        values = sorted(table[column].astype(str).unique())
-        if len(values) > 1:
-            raise DataError(f"feature tables mix {column} values {values}; re-run radiomics", path=out)
-    table = table.sort_values(["subject", "source", "feature"], kind="stable")[COLUMNS]
+    versions = sorted(table["pyradiomics_version"].astype(str).unique())
+    if len(versions) > 1:
+        raise DataError(f"feature tables mix pyradiomics_version values {versions}; re-run radiomics", path=out)
+    for image, part in table.groupby("image", sort=True):
+        hashes = sorted(part["settings_hash"].astype(str).unique())
+        if len(hashes) > 1:
+            raise DataError(
+                f"the feature tables of image {image} mix settings_hash values {hashes}; re-run radiomics", path=out
+            )
+    table = table.sort_values(["subject", "image", "source", "feature"], kind="stable")[COLUMNS]
     if out_plot is not None:
         from medpipe.radiomics.figures import save_feature_overview
 

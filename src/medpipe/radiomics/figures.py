@@ -40,6 +40,8 @@ def save_feature_overview(table: pd.DataFrame, out: str | Path) -> Path:
     out
         PNG to write.
     """
+    if "image" in table.columns and len(table):  # one image: the first in name order
+        table = table[table["image"] == table["image"].iloc[0]]
     names = [f for f in KEY_FEATURES if f in set(table["feature"])]
     sources = [s for s in allowed_values("radiomics", "sources") if s in set(table["source"])] or sorted(
         set(table["source"])

@@ -2,8 +2,9 @@
 
 * :func:`feature_matrix`: the long radiomics table (``subject, source, image_type, feature_class,
   feature, kind, value, ...``, written by the radiomics stage) to a subject x feature matrix of one
-  mask source. The feature key is the ``feature`` column (e.g. ``original_firstorder_Mean``), which
-  already holds the image type. Only ``kind == "pyradiomics"`` rows are used.
+  mask source. The feature key (:func:`feature_keys`) is the ``feature`` column (e.g.
+  ``original_firstorder_Mean``, which already holds the image type) when the table holds one image, else
+  ``<image>:<feature>`` (e.g. ``ADC:original_firstorder_Mean``). Only ``kind == "pyradiomics"`` rows are used.
 * :func:`preselect`: keep only a given set of keys (reproducible features: CCC >= cutoff between
   human and automatic masks, robust ones, ...), computed elsewhere without the outcome.
 * :class:`CorrelationFilter`: a scikit-learn transformer fitted on the training fold only. It drops
@@ -35,6 +36,18 @@ FloatArray = npt.NDArray[np.float64]
 CORRELATION_METHODS = ("spearman", "pearson")
 
 
+def feature_keys(table: pd.DataFrame) -> pd.Series:
+    """The signature's feature key of every row of a table with ``feature`` (and ``image``) columns.
+
+    ``feature`` when the table holds a single image (or has no ``image`` column), else ``<image>:<feature>``:
+    the same key for the radiomics table and the stats tables that preselect from it.
+    """
+    names = table["feature"].astype(str)
+    if "image" not in table.columns or table["image"].nunique() <= 1:
+        return names
+    return table["image"].astype(str) + ":" + names
+
+
 def feature_matrix(features: pd.DataFrame, source: str, *, subjects: Sequence[str] | None = None) -> pd.DataFrame:
     """Subject x feature matrix of one mask source (pyradiomics rows only).
 
@@ -58,11 +71,12 @@ def feature_matrix(features: pd.DataFrame, source: str, *, subjects: Sequence[st
         raise DataError(
             f"no feature rows for mask source {source!r} (sources present: {sorted(features['source'].unique())})"
         )
-    dup = rows.duplicated(["subject", "feature"])
+    rows = rows.assign(key=feature_keys(rows))
+    dup = rows.duplicated(["subject", "key"])
     if dup.any():
-        first = rows.loc[dup, ["subject", "feature"]].iloc[0]
-        raise DataError(f"feature {first['feature']!r} appears twice for source {source!r}", subject=first["subject"])
-    wide = rows.pivot(index="subject", columns="feature", values="value").astype(float)
+        first = rows.loc[dup, ["subject", "key"]].iloc[0]
+        raise DataError(f"feature {first['key']!r} appears twice for source {source!r}", subject=first["subject"])
+    wide = rows.pivot(index="subject", columns="key", values="value").astype(float)
     wide.index = wide.index.astype(str)
     if subjects is not None:
         order = [str(s) for s in subjects]

@@ -27,7 +27,7 @@ from medpipe.core.io import read_feature_table, read_tsv, write_tsv
 from medpipe.core.sidecar import package_versions, sha256_file, write_json
 from medpipe.signature.compare import compare_sources
 from medpipe.signature.delong import auc_delong
-from medpipe.signature.features import feature_matrix, preselect
+from medpipe.signature.features import feature_keys, feature_matrix, preselect
 from medpipe.signature.figures import plot_calibration, plot_roc
 from medpipe.signature.model import FittedSignature, SignatureSettings, apply, cross_validate, fit_final
 from medpipe.signature.outcomes import check_events, read_outcomes
@@ -57,7 +57,7 @@ def preselection_keys(
         if path is None:
             raise ConfigError(f"signature.preselect: {how!r} needs the {column} table of the stats stage")
         table = read_tsv(path)
-        chosen = set(table.loc[table[column].astype(str).str.lower().eq("true"), "feature"].astype(str))
+        chosen = set(feature_keys(table)[table[column].astype(str).str.lower().eq("true")])
         keys = chosen if keys is None else keys & chosen
     if keys is not None and not keys:
         raise DataError(f"signature.preselect {how!r}: no feature passes", path=reproducibility or robustness)

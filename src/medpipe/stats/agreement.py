@@ -228,10 +228,10 @@ def agreement(
 
 
 def paired_values(features: pd.DataFrame, source_a: str, source_b: str) -> pd.DataFrame:
-    """Wide table feature x subject pairs: columns ``feature, image_type, feature_class, ibsi_code,
+    """Wide table feature x subject pairs: columns ``image, feature, image_type, feature_class, ibsi_code,
     subject, a, b`` for subjects with finite values in both sources (pyradiomics rows only)."""
     rows = features[features["kind"] == "pyradiomics"]
-    keys = ["feature", "image_type", "feature_class", "ibsi_code", "subject"]
+    keys = ["image", "feature", "image_type", "feature_class", "ibsi_code", "subject"]
     a = rows[rows["source"] == source_a][[*keys, "value"]].rename(columns={"value": "a"})
     b = rows[rows["source"] == source_b][[*keys, "value"]].rename(columns={"value": "b"})
     for name, part in ((source_a, a), (source_b, b)):
@@ -244,7 +244,7 @@ def paired_values(features: pd.DataFrame, source_a: str, source_b: str) -> pd.Da
     if lonely:
         logger.warning("subjects without both mask sources, left out: %s", lonely)
     pairs = pairs[(pairs["_merge"] == "both") & np.isfinite(pairs["a"]) & np.isfinite(pairs["b"])]
-    return pairs.drop(columns="_merge").sort_values(["feature", "subject"], kind="stable")
+    return pairs.drop(columns="_merge").sort_values(["image", "feature", "subject"], kind="stable")
 
 
 def reproducibility_table(
@@ -257,20 +257,21 @@ def reproducibility_table(
     seed: int = 0,
     min_subjects: int | None = None,
 ) -> pd.DataFrame:
-    """Agreement statistics of every feature between two mask sources (one row per feature)."""
+    """Agreement statistics of every feature between two mask sources (one row per image and feature)."""
     cutoff = float(stats_setting("cutoff", cutoff))
     n_boot = int(stats_setting("n_boot", n_boot))
     least = int(stats_setting("min_subjects", min_subjects))
     pairs = paired_values(features, source_a, source_b)
     records = []
-    for (feature, image_type, feature_class, code), group in pairs.groupby(
-        ["feature", "image_type", "feature_class", "ibsi_code"], sort=True, dropna=False
+    for (image, feature, image_type, feature_class, code), group in pairs.groupby(
+        ["image", "feature", "image_type", "feature_class", "ibsi_code"], sort=True, dropna=False
     ):
         stats = agreement(
             group["a"].to_numpy(), group["b"].to_numpy(), cutoff=cutoff, n_boot=n_boot, seed=seed, min_subjects=least
         )
         records.append(
             {
+                "image": image,
                 "feature": feature,
                 "image_type": image_type,
                 "feature_class": feature_class,
@@ -283,7 +284,29 @@ def reproducibility_table(
 
 
 def retention_by_class(table: pd.DataFrame) -> pd.DataFrame:
-    """Percentage of reproducible features per class (constant / too-few rows excluded, counted)."""
+    """Percentage of reproducible features per image and class (constant / too-few rows excluded, counted).
+
+    One block of rows per image of ``table`` (column ``image``, first), each with its classes and ``all``; with
+    several images a last block ``image == "all"`` pools them.
+    """
+    images = sorted(table["image"].astype(str).unique()) if len(table) else []
+    blocks = [(name, table[table["image"].astype(str) == name]) for name in images]
+    if len(images) > 1:
+        blocks.append(("all", table))
+    parts = [_retention_of_image(part).assign(image=name) for name, part in blocks]
+    out = (
+        pd.concat(parts, ignore_index=True) if parts else _retention_of_image(table).assign(image=pd.Series(dtype=str))
+    )
+    return out[["image", *[c for c in out.columns if c != "image"]]]
+
+
+def pooled(retention: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`retention_by_class` over every image: block ``all``, or the only image's."""
+    images = retention["image"].astype(str)
+    return retention[images == ("all" if (images == "all").any() else images.iloc[0])] if len(retention) else retention
+
+
+def _retention_of_image(table: pd.DataFrame) -> pd.DataFrame:
     order = [c for c in CLASSES if c in set(table["class"])] + sorted(set(table["class"]) - set(CLASSES))
     records = []
     for name, part in [*((c, table[table["class"] == c]) for c in order), ("all", table)]:

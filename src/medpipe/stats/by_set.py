@@ -74,7 +74,7 @@ def retention_by_set(
         retention.insert(0, "site", site)
         retention.insert(0, "set", set_name)
         parts.append(retention)
-        overall = retention.loc[retention["class"] == "all", "percent_reproducible"].iloc[0]
+        overall = retention.loc[retention["class"] == "all", "percent_reproducible"].iloc[-1]  # pooled over images
         logger.info("retention, set %s, site %s (%d subjects): %s %% of all features", set_name, site, n, overall)
     return pd.concat(parts, ignore_index=True)
 

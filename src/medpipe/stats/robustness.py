@@ -25,6 +25,7 @@ from medpipe.core.io import save_png, write_tsv
 from medpipe.stats.agreement import (
     CLASSES,
     icc,
+    pooled,
     read_features,
     reproducibility_table,
     retention_by_class,
@@ -33,19 +34,19 @@ from medpipe.stats.agreement import (
 
 logger = logging.getLogger(__name__)
 
-_KEYS = ["feature", "image_type", "feature_class", "class", "ibsi_code"]
+_KEYS = ["image", "feature", "image_type", "feature_class", "class", "ibsi_code"]
 _PER_PERTURBATION = ["ccc", "ccc_ci_low", "ccc_ci_high", "icc31", "icc21", "mean_diff", "status", "reproducible"]
 
 
 def _icc_all(features: pd.DataFrame, sources: Sequence[str], *, min_subjects: int) -> pd.DataFrame:
     """ICC(3,1) / ICC(2,1) of every feature with all ``sources`` as raters (complete subjects only)."""
     rows = features[(features["kind"] == "pyradiomics") & features["source"].isin(sources)]
-    wide = rows.pivot_table(index=["feature", "subject"], columns="source", values="value", aggfunc="first")
+    wide = rows.pivot_table(index=["image", "feature", "subject"], columns="source", values="value", aggfunc="first")
     wide = wide.reindex(columns=list(sources)).dropna()
     records = []
-    for feature, part in wide.groupby(level="feature", sort=True):
+    for (image, feature), part in wide.groupby(level=["image", "feature"], sort=True):
         ratings = part.to_numpy(dtype=float)
-        record: dict[str, object] = {"feature": feature, "n_all": len(ratings)}
+        record: dict[str, object] = {"image": image, "feature": feature, "n_all": len(ratings)}
         if len(ratings) >= min_subjects and not np.all(ratings == ratings[0, 0]):
             record.update({f"{k}_all": v for k, v in icc(ratings, min_subjects=min_subjects).items()})
         records.append(record)
@@ -106,7 +107,7 @@ def robustness_tables(
     merged["robust"] = ok & reproducible
     if len(perturbations) >= 2:
         icc_all = _icc_all(features, [reference, *perturbations], min_subjects=least)
-        merged = merged.merge(icc_all, on="feature", how="left")
+        merged = merged.merge(icc_all, on=["image", "feature"], how="left")
     combined = merged[_KEYS].assign(
         status=np.where(ok, "ok", "not_evaluable_for_every_perturbation"),
         reproducible=merged["robust"],
@@ -115,16 +116,19 @@ def robustness_tables(
     blocks.append(retention_by_class(combined).assign(perturbation="all"))
     by_class = pd.concat(blocks, ignore_index=True)
     by_class = by_class[["perturbation", *[c for c in by_class.columns if c != "perturbation"]]]
-    return merged.sort_values(["class", "feature"], kind="stable").reset_index(drop=True), by_class
+    return merged.sort_values(["image", "class", "feature"], kind="stable").reset_index(drop=True), by_class
 
 
 def plot_retention(by_class: pd.DataFrame, out: str | Path, *, cutoff: float, title: str) -> Path:
-    """Grouped bars: percentage of reproducible features per class, one bar per perturbation; PNG."""
+    """Grouped bars: percentage of reproducible features per class, one bar per perturbation; PNG.
+
+    With several images, the bars are of the rows pooled over them (:func:`medpipe.stats.agreement.pooled`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    by_class = pd.concat([pooled(part) for _, part in by_class.groupby("perturbation", sort=False)])
     classes = [c for c in [*CLASSES, "all"] if c in set(by_class["class"])]
     names = list(dict.fromkeys(by_class["perturbation"]))
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
@@ -176,7 +180,7 @@ def robustness_report(
         seed=seed,
         min_subjects=min_subjects,
     )
-    all_rows = by_class[by_class["class"] == "all"]
+    all_rows = by_class[(by_class["class"] == "all") & (by_class["image"].isin(pooled(by_class)["image"]))]
     logger.info(
         "robustness of %d features: %s",
         len(table),
