@@ -10,9 +10,9 @@
    arrays; the page lists the external Dice per run and the shift flags.
 
 The schedule is shortened (``--folds``, ``--epochs``) for a CPU: the check is about reuse, not about Dice. On the
-project's 2-core machine the preprocessing of the 40 patients (conversion, N4, deepbet, normalisation) takes about
-45 min and one fold's epoch of the STS network about 2.5 min with both cores free (4 min when shared), so the default
-of 5 epochs keeps the whole check near 75 min; 30 epochs would need about 3 h.
+project's 2-core machine, measured while a test suite shared the cores, the preprocessing of the 40 patients
+(conversion, N4, deepbet, normalisation) took about 50 min and one epoch of one fold about 4.3 min (two folds train
+side by side), so 30 epochs would need more than 2 h of training alone; the default is 5 epochs.
 
 Usage (repository root):
     .venv/bin/python benchmarks/sts_bundle_external.py --workdir runs/sts_bundle \
