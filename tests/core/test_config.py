@@ -184,6 +184,10 @@ def test_radiomics_images_default_to_the_reference_and_must_be_sequences() -> No
     cfg["radiomics"]["images"] = {"T1w": {}, "ADC": {}}
     with pytest.raises(ConfigError, match=r"radiomics.images: 'ADC' is not a sequence.*\['T1w', 'T2w'\]"):
         validate_config(cfg, CONFIG_SCHEMA)
+    cfg["sequences"]["all"] = dict(cfg["sequences"]["T2w"])
+    cfg["radiomics"]["images"] = {"T1w": {}, "all": {}}
+    with pytest.raises(ConfigError, match=r"radiomics.images: 'all' names the pooled rows"):
+        validate_config(cfg, CONFIG_SCHEMA)
     cfg["radiomics"]["images"] = {"T1w": {"param": "x.yaml"}}
     with pytest.raises(ConfigError, match=r"radiomics.images.T1w: Additional properties"):
         validate_config(cfg, CONFIG_SCHEMA)

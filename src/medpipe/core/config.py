@@ -194,6 +194,10 @@ def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -
     return config
 
 
+#: The ``image`` value of the rows that pool every image in the per-image stats tables (not a sequence name).
+POOLED_IMAGES = "all"
+
+
 def radiomics_images(config: Mapping[str, Any]) -> dict[str, str]:
     """The images radiomics extracts from, each with its params file (``radiomics.images``, validated config).
 
@@ -206,11 +210,15 @@ def radiomics_images(config: Mapping[str, Any]) -> dict[str, str]:
     Raises
     ------
     ConfigError
-        Naming an image that is not one of the configured sequences.
+        Naming an image that is not one of the configured sequences, or one named :data:`POOLED_IMAGES`.
     """
     radiomics = config["radiomics"]
     images = radiomics.get("images") or {config["reference_sequence"]: {}}
     sequences = sorted(config.get("sequences", {}))
+    if POOLED_IMAGES in images:
+        raise ConfigError(
+            f"  radiomics.images: {POOLED_IMAGES!r} names the pooled rows of the per-image tables; rename that sequence"
+        )
     unknown = [name for name in images if name not in sequences]
     if unknown:
         raise ConfigError(

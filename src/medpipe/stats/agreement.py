@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from medpipe.core.config import with_defaults
+from medpipe.core.config import POOLED_IMAGES, with_defaults
 from medpipe.core.errors import DataError
 from medpipe.core.io import read_feature_table, save_png, write_tsv
 
@@ -287,12 +287,12 @@ def retention_by_class(table: pd.DataFrame) -> pd.DataFrame:
     """Percentage of reproducible features per image and class (constant / too-few rows excluded, counted).
 
     One block of rows per image of ``table`` (column ``image``, first), each with its classes and ``all``; with
-    several images a last block ``image == "all"`` pools them.
+    several images a last block ``image == "all"`` (:data:`~medpipe.core.config.POOLED_IMAGES`) pools them.
     """
     images = sorted(table["image"].astype(str).unique()) if len(table) else []
     blocks = [(name, table[table["image"].astype(str) == name]) for name in images]
     if len(images) > 1:
-        blocks.append(("all", table))
+        blocks.append((POOLED_IMAGES, table))
     parts = [_retention_of_image(part).assign(image=name) for name, part in blocks]
     out = (
         pd.concat(parts, ignore_index=True) if parts else _retention_of_image(table).assign(image=pd.Series(dtype=str))
@@ -303,7 +303,9 @@ def retention_by_class(table: pd.DataFrame) -> pd.DataFrame:
 def pooled(retention: pd.DataFrame) -> pd.DataFrame:
     """The rows of :func:`retention_by_class` over every image: block ``all``, or the only image's."""
     images = retention["image"].astype(str)
-    return retention[images == ("all" if (images == "all").any() else images.iloc[0])] if len(retention) else retention
+    if not len(retention):
+        return retention
+    return retention[images == (POOLED_IMAGES if (images == POOLED_IMAGES).any() else images.iloc[0])]
 
 
 def _retention_of_image(table: pd.DataFrame) -> pd.DataFrame:
