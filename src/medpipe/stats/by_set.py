@@ -18,7 +18,7 @@ import pandas as pd
 
 from medpipe.core.config import sheet_sets
 from medpipe.core.io import write_tsv
-from medpipe.stats.agreement import read_features, reproducibility_table, retention_by_class, stats_setting
+from medpipe.stats.agreement import pooled, read_features, reproducibility_table, retention_by_class, stats_setting
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ def retention_by_set(
         retention.insert(0, "site", site)
         retention.insert(0, "set", set_name)
         parts.append(retention)
-        overall = retention.loc[retention["class"] == "all", "percent_reproducible"].iloc[-1]  # pooled over images
+        whole_set = pooled(retention)
+        overall = whole_set.loc[whole_set["class"] == "all", "percent_reproducible"].iloc[0]
         logger.info("retention, set %s, site %s (%d subjects): %s %% of all features", set_name, site, n, overall)
     return pd.concat(parts, ignore_index=True)
 

@@ -180,7 +180,8 @@ def robustness_report(
         seed=seed,
         min_subjects=min_subjects,
     )
-    all_rows = by_class[(by_class["class"] == "all") & (by_class["image"].isin(pooled(by_class)["image"]))]
+    all_rows = pooled(by_class)
+    all_rows = all_rows[all_rows["class"] == "all"]
     logger.info(
         "robustness of %d features: %s",
         len(table),
