@@ -7,12 +7,15 @@ mtimes kept) instead of running the whole workflow again; the copy must be up to
 * A subject whose DICOM files are truncated fails its own jobs only: with ``--keep-going`` every
   other subject is post-processed, scored and its radiomics extracted again in the same run (those
   outputs are deleted first), the evaluation summary is written without the broken subject, and the
-  run's error summary names it and its log.
+  run's error summary names it and its log. (Both images, no mask perturbations: the perturbed
+  sources are the same radiomics rule on other masks, already run by ``tiny_run``.)
 * ``kill -9`` of snakemake and all its jobs while a model is training (a longer schedule than the
   tiny run's, so Snakemake retrains with upstream up to date), then the documented recovery
   (``snakemake --unlock``, re-run; ``rerun-incomplete`` is on in profiles/default) completes the
-  run: no half-written or stray files, training resumed from its last epoch checkpoint and ended
-  with a model byte-identical to an uninterrupted training, every subject predicted again.
+  segmentation (every subject's automatic mask and the evaluation summary; radiomics and the cohort
+  tables downstream are the broken-subject test's): no half-written or stray files, training resumed
+  from its last epoch checkpoint and ended with a model byte-identical to an uninterrupted training,
+  every subject predicted again.
 """
 
 from __future__ import annotations
@@ -74,6 +77,23 @@ def _assert_native_mask(res: Path, subject: str) -> None:
     assert set(np.unique(np.asarray(auto.dataobj))) <= {0, 1}
 
 
+def _without_perturbations(path: Path) -> Path:
+    """The tiny configuration without mask perturbations, written to ``path``."""
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["radiomics"]["perturbations"] = []
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _segmentation_targets(workdir: Path) -> list[str]:
+    """The evaluation summary and every subject's automatic mask."""
+    subjects = sorted(_sheet(workdir)["subject"])
+    return [
+        "results/evaluate/summary.tsv",
+        *(f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz" for s in subjects),
+    ]
+
+
 def test_broken_subject_fails_only_its_own_jobs(tmp_path: Path, tiny_run: Path) -> None:
     workdir = clone_run(tiny_run, tmp_path / "wd")
     sheet = _sheet(workdir)
@@ -85,8 +105,11 @@ def test_broken_subject_fails_only_its_own_jobs(tmp_path: Path, tiny_run: Path) 
         shutil.rmtree(res / stage)
     broken = _add_broken_subject(workdir)
 
+    config = _without_perturbations(tmp_path / "config.yaml")
     started = time.time()
-    proc = run(snakemake_cmd(workdir, "--cores", "2", "--keep-going"), timeout=RUN_TIMEOUT, check=False)
+    proc = run(
+        snakemake_cmd(workdir, "--cores", "2", "--keep-going", configfile=config), timeout=RUN_TIMEOUT, check=False
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, "a run with a broken subject must not report success"
 
@@ -139,10 +162,10 @@ def test_broken_subject_fails_only_its_own_jobs(tmp_path: Path, tiny_run: Path) 
     assert not failures["comment"].str.contains(str(sheet.loc[0, "dicom"]).rsplit("/", 1)[0]).any()
     # ... which, fed back as review.signoff, drops the broken subject: the run completes, and the
     # report (built from it) lists the subject with the failed rule and the reason.
-    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg = yaml.safe_load(config.read_text())
     cfg["review"] = {"signoff": "logs/failed_jobs.tsv"}
     signed = tmp_path / "signed.yaml"
-    signed.write_text(yaml.safe_dump(cfg))
+    signed.write_text(yaml.safe_dump(cfg, sort_keys=False))
     run(snakemake_cmd(workdir, "--cores", "2", configfile=signed), timeout=RUN_TIMEOUT)
     features = pd.read_csv(res / "radiomics/features.tsv", sep="\t", dtype={"subject": str})
     assert broken not in set(features["subject"]) and set(features["subject"]) == set(good)
@@ -190,7 +213,7 @@ def test_kill_mid_training_then_rerun_resumes_and_completes(tmp_path: Path, tiny
     cfg = yaml.safe_load(TINY_CONFIG.read_text())
     # Checkpoints after epochs 1-3 to resume from; ~0.5 s per epoch on 2 idle cores, and the kill
     # lands within ~0.1 s of the first checkpoint. (Longer schedules make this tiny model predict
-    # empty masks, on which radiomics fails.)
+    # empty masks.)
     cfg["segmentation"]["train"].update(epochs=4, iterations_per_epoch=8)
     config = tmp_path / "config.yaml"
     # Key order kept: Snakemake compares dict params by repr, so a reordered section would rerun its rules.
@@ -199,7 +222,8 @@ def test_kill_mid_training_then_rerun_resumes_and_completes(tmp_path: Path, tiny
     train = workdir / "results/train"
 
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    cmd = snakemake_cmd(workdir, "--cores", "2", configfile=config)
+    targets = _segmentation_targets(workdir)
+    cmd = snakemake_cmd(workdir, "--cores", "2", *targets, configfile=config)
     with open(tmp_path / "killed_run.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         deadline = time.monotonic() + RUN_TIMEOUT
@@ -220,7 +244,7 @@ def test_kill_mid_training_then_rerun_resumes_and_completes(tmp_path: Path, tiny
     # Documented recovery: remove the stale lock, re-run (rerun-incomplete comes from profiles/default).
     run(snakemake_cmd(workdir, "--unlock", configfile=config))
     started = time.time()
-    run(snakemake_cmd(workdir, "--cores", "2", configfile=config), timeout=RUN_TIMEOUT)
+    run(snakemake_cmd(workdir, "--cores", "2", *targets, configfile=config), timeout=RUN_TIMEOUT)
 
     train_log = (workdir / f"logs/train/fold-{fold}.log").read_text()
     assert f"resuming fold {fold} from checkpoint.pt at epoch {done + 1}/4" in train_log, train_log[-2000:]
@@ -232,7 +256,7 @@ def test_kill_mid_training_then_rerun_resumes_and_completes(tmp_path: Path, tiny
 
     results = workdir / "results"
     _assert_no_broken_files(results)
-    rerun = run(snakemake_cmd(workdir, "--cores", "1", "-n", configfile=config))
+    rerun = run(snakemake_cmd(workdir, "--cores", "1", "-n", *targets, configfile=config))
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
 
     # Every subject was predicted again by the retrained model(s) and mapped back to its native grid.
