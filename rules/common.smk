@@ -8,6 +8,8 @@ from medpipe.core.config import (
     check_radiomics_only,
     load_subject_sheet,
     nifti_inputs,
+    native_images,
+    native_mask_files,
     radiomics_images,
     validate_config,
 )
@@ -23,7 +25,12 @@ from medpipe.signature.stage import check_signature_config
 SCHEMAS = Path(workflow.basedir) / "config" / "schemas"
 
 validate_config(config, SCHEMAS / "config.schema.yaml")
-SHEET = load_subject_sheet(config["subjects"], SCHEMAS / "subjects.schema.yaml", required_files=nifti_inputs(config))
+SHEET = load_subject_sheet(
+    config["subjects"],
+    SCHEMAS / "subjects.schema.yaml",
+    required_files=nifti_inputs(config),
+    labelled_files=native_mask_files(config),
+)
 
 # Must be in the environment before each job's Python starts (ITK reads its thread count once).
 JOB_ENVIRONMENT = export_job_environment(config["deterministic"])
@@ -85,6 +92,8 @@ def _workflow_path(path):
 
 # Images radiomics extracts from (radiomics.images; the reference sequence when empty) -> their params file.
 RADIOMICS_IMAGES = {name: _workflow_path(p) for name, p in radiomics_images(config).items()}
+# Those read on their own grid (grid: native) -> their own human mask file in the subject's folder, or None.
+NATIVE_IMAGES = native_images(config)  # their own masks are checked with the sheet (native_mask_files)
 FAILED_JOBS = "logs/failed_jobs.tsv"  # written by the Snakefile's onerror handler
 SHEET_PATHS = [v for column in ("dicom", "label") for v in SHEET[column] if v]  # redacted from its reasons
 
@@ -265,12 +274,48 @@ def get_all_subject_metrics(wildcards):
     return [f"results/evaluate/sub-{s}/sub-{s}_metrics.tsv" for s in LABELLED]
 
 
+def get_perturb_image_source(wildcards):
+    """The radiomics image named by the image wildcard: the N4-corrected sequence on the reference grid, or the
+    converted sequence on its own grid (grid: native)."""
+    s, image = wildcards.subject, wildcards.image
+    if image in NATIVE_IMAGES:
+        return f"results/convert/sub-{s}/sub-{s}_{image}.nii.gz"
+    return f"results/n4/sub-{s}/sub-{s}_{image}.nii.gz"
+
+
 def get_radiomics_image(wildcards):
-    """The N4-corrected sequence (on the reference grid) named by the image wildcard, or its noisy copy."""
+    """The radiomics image (:func:`get_perturb_image_source`), or its noisy copy for the noise source."""
     s, image = wildcards.subject, wildcards.image
     if wildcards.source == "noise":
         return f"results/radiomics/sub-{s}/sub-{s}_desc-noise_{image}.nii.gz"
-    return f"results/n4/sub-{s}/sub-{s}_{image}.nii.gz"
+    return get_perturb_image_source(wildcards)
+
+
+def _human_mask_of(s, image):
+    """The human mask on the grid of the radiomics image: the reference one, the image's own, or the reference
+    one brought onto the image's own grid."""
+    if image not in NATIVE_IMAGES:
+        return f"results/convert/sub-{s}/sub-{s}_desc-human_mask.nii.gz"
+    if NATIVE_IMAGES[image]:
+        return f"results/convert/sub-{s}/sub-{s}_img-{image}_desc-human_mask.nii.gz"
+    return f"results/coregister/sub-{s}/sub-{s}_{image}_desc-human_mask.nii.gz"
+
+
+def get_image_human_mask(wildcards):
+    return _human_mask_of(wildcards.subject, wildcards.image)
+
+
+def get_image_label_source(wildcards):
+    """The own human mask of a native-grid image: radiomics.images.<image>.mask in the subject's folder."""
+    return str(Path(SHEET.loc[wildcards.subject, "dicom"]) / NATIVE_IMAGES[wildcards.image])
+
+
+def get_native_mask_source(wildcards):
+    """Rule native_mask: the reference-grid human or automatic mask to bring onto a sequence's own grid."""
+    s = wildcards.subject
+    if wildcards.source == "human":
+        return f"results/convert/sub-{s}/sub-{s}_desc-human_mask.nii.gz"
+    return f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz"
 
 
 def get_radiomics_params(wildcards):
@@ -278,11 +323,14 @@ def get_radiomics_params(wildcards):
 
 
 def get_radiomics_mask(wildcards):
-    s = wildcards.subject
-    if wildcards.source in ("human", "noise"):
-        return f"results/convert/sub-{s}/sub-{s}_desc-human_mask.nii.gz"
-    if wildcards.source in PERTURBATIONS:
-        return f"results/radiomics/sub-{s}/sub-{s}_desc-{wildcards.source}_mask.nii.gz"
+    s, image, source = wildcards.subject, wildcards.image, wildcards.source
+    if source in ("human", "noise"):
+        return _human_mask_of(s, image)
+    native = "" if image not in NATIVE_IMAGES else f"img-{image}_"
+    if source in PERTURBATIONS:
+        return f"results/radiomics/sub-{s}/sub-{s}_{native}desc-{source}_mask.nii.gz"
+    if native:
+        return f"results/coregister/sub-{s}/sub-{s}_{image}_desc-auto_mask.nii.gz"
     return f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz"
 
 

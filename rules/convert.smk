@@ -60,3 +60,34 @@ rule convert_label:
         roi=config["label"]["rtstruct_roi"],
     script:
         "../scripts/convert_label.py"
+
+
+# The own human mask of a radiomics image read on its own grid (radiomics.images.<image>.mask, grid: native).
+rule convert_image_label:
+    input:
+        label=get_image_label_source,
+        reference="results/convert/sub-{subject}/sub-{subject}_{image}.nii.gz",
+    output:
+        mask="results/convert/sub-{subject}/sub-{subject}_img-{image}_desc-human_mask.nii.gz",
+        sidecar="results/convert/sub-{subject}/sub-{subject}_img-{image}_desc-human_mask.json",
+        qc=report(
+            "results/convert/sub-{subject}/sub-{subject}_img-{image}_desc-human_mask_qc.png",
+            caption="../report/convert_label.rst",
+            category="1. Conversion",
+            subcategory="Human label of each native-grid image",
+            labels={"subject": "{subject}", "image": "{image}"},
+        ),
+    log:
+        "logs/convert_image_label/sub-{subject}_{image}.log",
+    benchmark:
+        "logs/benchmarks/convert_image_label/sub-{subject}_{image}.tsv"
+    conda:
+        "../envs/convert.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_scaled(2000, 20),
+        runtime=10,
+    params:
+        roi=config["label"]["rtstruct_roi"],
+    script:
+        "../scripts/convert_label.py"

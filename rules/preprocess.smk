@@ -36,6 +36,33 @@ rule coregister:
         "../scripts/coregister.py"
 
 
+# The human or automatic mask (reference grid) on a sequence's own grid, for radiomics of an image read
+# there (radiomics.images.<image>.grid: native); the inverse of the sequence's co-registration.
+rule native_mask:
+    input:
+        mask=get_native_mask_source,
+        native=get_converted_sequence,
+        transform="results/coregister/sub-{subject}/sub-{subject}_{sequence}_xfm.mat",
+    output:
+        mask="results/coregister/sub-{subject}/sub-{subject}_{sequence}_desc-{source}_mask.nii.gz",
+        sidecar="results/coregister/sub-{subject}/sub-{subject}_{sequence}_desc-{source}_mask.json",
+    log:
+        "logs/native_mask/sub-{subject}_{sequence}_{source}.log",
+    benchmark:
+        "logs/benchmarks/native_mask/sub-{subject}_{sequence}_{source}.tsv"
+    wildcard_constraints:
+        sequence=_alternatives(MOVING),
+        source="human|auto",
+    conda:
+        "../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_scaled(2000, 20),
+        runtime=10,
+    script:
+        "../scripts/native_mask.py"
+
+
 # N4 runs by modality (preprocess.n4.modalities, per_sequence); when off the image is passed through
 # unchanged (same output files: a copy, a bias field of ones, the QC figure, sidecar "skipped": true).
 rule n4:

@@ -1,6 +1,7 @@
 # Radiomics: pyradiomics features of every image of radiomics.images (the N4-corrected sequences on the
-# reference grid; the reference sequence when empty), each with its own params file, inside the human and the
-# automatic masks, with IBSI codes and provenance on every row; then one long table with an image column.
+# reference grid, or with grid: native the converted sequence on its own grid; the reference sequence when
+# empty), each with its own params file, inside the human and the automatic masks (on the image's grid), with
+# IBSI codes and provenance on every row; then one long table with an image column.
 # Optional robustness sources: the human mask eroded / dilated / shifted, or the image with noise.
 
 
@@ -75,10 +76,23 @@ rule perturb_mask:
         "../scripts/perturb_mask.py"
 
 
+# The same perturbations of the human mask of an image read on its own grid (grid: native).
+use rule perturb_mask as perturb_native_mask with:
+    input:
+        mask=get_image_human_mask,
+    output:
+        mask="results/radiomics/sub-{subject}/sub-{subject}_img-{image}_desc-{perturbation}_mask.nii.gz",
+        sidecar="results/radiomics/sub-{subject}/sub-{subject}_img-{image}_desc-{perturbation}_mask.json",
+    log:
+        "logs/perturb_mask/sub-{subject}_img-{image}_{perturbation}.log",
+    benchmark:
+        "logs/benchmarks/perturb_mask/sub-{subject}_img-{image}_{perturbation}.tsv"
+
+
 rule perturb_image:
     input:
-        image="results/n4/sub-{subject}/sub-{subject}_{image}.nii.gz",
-        mask="results/convert/sub-{subject}/sub-{subject}_desc-human_mask.nii.gz",
+        image=get_perturb_image_source,
+        mask=get_image_human_mask,
     output:
         image="results/radiomics/sub-{subject}/sub-{subject}_desc-noise_{image}.nii.gz",
         sidecar="results/radiomics/sub-{subject}/sub-{subject}_desc-noise_{image}.json",

@@ -10,6 +10,8 @@ import yaml
 from medpipe.core.config import (
     check_radiomics_only,
     load_subject_sheet,
+    native_images,
+    native_mask_files,
     nifti_inputs,
     radiomics_images,
     section_schema,
@@ -191,6 +193,33 @@ def test_radiomics_images_default_to_the_reference_and_must_be_sequences() -> No
     cfg["radiomics"]["images"] = {"T1w": {"param": "x.yaml"}}
     with pytest.raises(ConfigError, match=r"radiomics.images.T1w: Additional properties"):
         validate_config(cfg, CONFIG_SCHEMA)
+
+
+def test_native_grid_images_and_their_own_masks(tmp_path: Path) -> None:
+    cfg = _config()
+    cfg["radiomics"]["images"] = {"T1w": {}, "T2w": {"grid": "native", "mask": "t2_mask.nii.gz"}}
+    validate_config(cfg, CONFIG_SCHEMA)
+    assert native_images(cfg) == {"T2w": "t2_mask.nii.gz"} and native_mask_files(cfg) == ["t2_mask.nii.gz"]
+    cfg["radiomics"]["images"]["T2w"] = {"grid": "native"}  # the reference mask brought onto its grid
+    assert native_images(cfg) == {"T2w": None} and native_mask_files(cfg) == []
+    cfg["radiomics"]["images"] = {"T1w": {"grid": "native"}}
+    with pytest.raises(ConfigError, match=r"radiomics.images.T1w.grid: 'native' for the reference sequence"):
+        validate_config(cfg, CONFIG_SCHEMA)
+    cfg["radiomics"]["images"] = {"T2w": {"mask": "t2_mask.nii.gz"}}
+    with pytest.raises(ConfigError, match=r"radiomics.images.T2w.mask: 't2_mask.nii.gz' .*grid: 'reference'"):
+        validate_config(cfg, CONFIG_SCHEMA)
+    # Every labelled subject's folder must hold the image's own mask; an unlabelled one need not.
+    for subject in ("s1", "s2", "s3"):
+        (tmp_path / subject).mkdir()
+        (tmp_path / subject / "label.nii.gz").write_bytes(b"x")
+    (tmp_path / "s1" / "t2_mask.nii.gz").write_bytes(b"x")
+    sheet = tmp_path / "subjects.tsv"
+    sheet.write_text("subject\tdicom\tlabel\ns1\ts1\ts1/label.nii.gz\ns2\ts2\t\ns3\ts3\ts3/label.nii.gz\n")
+    with pytest.raises(ConfigError, match=r"row 4 \(s3\): folder 's3' has no 't2_mask.nii.gz' \(a radiomics.images"):
+        load_subject_sheet(sheet, SHEET_SCHEMA, base_dir=tmp_path, labelled_files=["t2_mask.nii.gz"])
+    (tmp_path / "s3" / "t2_mask.nii.gz").write_bytes(b"x")
+    df = load_subject_sheet(sheet, SHEET_SCHEMA, base_dir=tmp_path, labelled_files=["t2_mask.nii.gz"])
+    assert list(df.index) == ["s1", "s2", "s3"]
 
 
 _KEYWORDS = {

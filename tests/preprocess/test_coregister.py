@@ -14,7 +14,12 @@ from medpipe.core.errors import DataError, MedpipeError
 from medpipe.core.geometry import geometry_of, grid_differences
 from medpipe.core.io import nib_to_sitk, save_nifti, sitk_to_nib
 from medpipe.core.resample import resample_to_grid, target_grid
-from medpipe.preprocess.coregister import apply_transform_to_points, coregister, register_linear
+from medpipe.preprocess.coregister import (
+    apply_transform_to_points,
+    coregister,
+    mask_to_sequence_grid,
+    register_linear,
+)
 from medpipe.preprocess.template import mask_to_native, register_to_template
 
 STS = [f"STS_00{i}" for i in range(1, 6)]
@@ -188,3 +193,48 @@ def test_template_registration_and_mask_back_to_native(tmp_path: Path) -> None:
     truth = native > 50
     dice = 2 * (back & truth).sum() / (back.sum() + truth.sum())
     assert dice >= 0.95, dice
+
+
+def test_mask_to_sequence_grid_inverts_the_coregistration(tmp_path: Path) -> None:
+    """A mask on the reference grid lands on the same structure of the moving sequence, on that sequence's grid."""
+    affine = np.diag([-2.0, -2.0, 2.5, 1.0])
+    fixed, moving = _phantom(), _phantom(shape=(44, 40, 30), shift=(2.5, -1.5, 1.0))
+    save_nifti(fixed, affine, tmp_path / "fixed.nii.gz")
+    save_nifti(moving, affine, tmp_path / "moving.nii.gz")
+    xfm = tmp_path / "xfm.mat"
+    coregister(
+        tmp_path / "moving.nii.gz",
+        tmp_path / "fixed.nii.gz",
+        tmp_path / "moved.nii.gz",
+        xfm,
+        tmp_path / "qc.png",
+        subject="S1",
+        settings={"transform": "Rigid"},
+        seed=11,
+    )
+    inner_fixed, inner_moving = fixed > 150, moving > 150  # the inner ellipsoid of each phantom
+    save_nifti(inner_fixed.astype(np.uint8), affine, tmp_path / "mask.nii.gz")
+    out = mask_to_sequence_grid(
+        tmp_path / "mask.nii.gz",
+        tmp_path / "moving.nii.gz",
+        xfm,
+        tmp_path / "native.nii.gz",
+        subject="S1",
+        sequence="CT",
+    )
+    img = nib.load(out)
+    assert grid_differences(geometry_of(img), geometry_of(nib.load(tmp_path / "moving.nii.gz")), 1e-6) == []
+    native = np.asarray(img.dataobj)
+    assert native.dtype == np.uint8 and set(np.unique(native)) == {0, 1}
+    dice = 2 * np.sum(native & inner_moving) / (native.sum() + inner_moving.sum())
+    assert dice > 0.9, dice
+    # The identity would put the mask where the fixed phantom's structure is, not the moving one's.
+    assert inner_fixed.shape != inner_moving.shape
+    side = json.loads((tmp_path / "native.json").read_text())
+    assert side["parameters"]["inverse"] is True and side["voxels"] == int(native.sum())
+
+    save_nifti(np.zeros(fixed.shape, np.uint8), affine, tmp_path / "empty.nii.gz")
+    empty = mask_to_sequence_grid(
+        tmp_path / "empty.nii.gz", tmp_path / "moving.nii.gz", xfm, tmp_path / "e.nii.gz", subject="S1", sequence="CT"
+    )
+    assert not np.asarray(nib.load(empty).dataobj).any()  # an automatic mask that found nothing stays empty

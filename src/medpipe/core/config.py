@@ -185,7 +185,7 @@ def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -
             f"  postprocess.dicom_seg: true needs a DICOM reference series, but sequences."
             f"{config['reference_sequence']}.nifti is {ref_nifti!r}; set postprocess.dicom_seg: false"
         )
-    radiomics_images(config)  # refuses an image that is not a sequence
+    native_images(config)  # refuses an image that is not a sequence, a native grid for the reference
     if not config["automatic_segmentation"] and "auto" in config["radiomics"]["sources"]:
         raise ConfigError(
             "  radiomics.sources: lists 'auto', but automatic_segmentation is false (a radiomics-only run makes no "
@@ -228,6 +228,40 @@ def radiomics_images(config: Mapping[str, Any]) -> dict[str, str]:
     return {name: str((entry or {}).get("params") or radiomics["params"]) for name, entry in images.items()}
 
 
+def native_images(config: Mapping[str, Any]) -> dict[str, str | None]:
+    """The radiomics images read on their own grid (``radiomics.images.<name>.grid: native``).
+
+    Returns
+    -------
+    dict
+        Image (sequence) name -> its own human mask file (relative to the subject's folder), or None when the
+        reference human mask is brought onto the image's grid instead; only images with ``grid: native``.
+
+    Raises
+    ------
+    ConfigError
+        ``grid: native`` for the reference sequence, or a ``mask`` on an image read on the reference grid.
+    """
+    radiomics_images(config)  # names checked there
+    native: dict[str, str | None] = {}
+    for name, entry in (config["radiomics"].get("images") or {}).items():
+        entry = entry or {}
+        grid, mask = entry.get("grid", "reference"), entry.get("mask")
+        if grid == "native" and name == config["reference_sequence"]:
+            raise ConfigError(
+                f"  radiomics.images.{name}.grid: 'native' for the reference sequence; its grid is the reference "
+                "grid already (leave grid out)"
+            )
+        if mask and grid != "native":
+            raise ConfigError(
+                f"  radiomics.images.{name}.mask: {mask!r} is a mask on the image's own grid, but the image is read "
+                f"on the reference grid (grid: {grid!r}); set grid: native or remove mask"
+            )
+        if grid == "native":
+            native[name] = mask or None
+    return native
+
+
 def check_radiomics_only(config: Mapping[str, Any], subjects: Sequence[str], labelled: Sequence[str]) -> None:
     """Start-of-run check of a radiomics-only run (``automatic_segmentation: false``); no-op otherwise.
 
@@ -267,8 +301,33 @@ def nifti_inputs(config: Mapping[str, Any]) -> list[str]:
     return [str(sel["nifti"]) for sel in config.get("sequences", {}).values() if sel.get("nifti")]
 
 
+def native_mask_files(config: Mapping[str, Any]) -> list[str]:
+    """File names (relative to each labelled subject's folder) of the native-grid images' own human masks."""
+    return [mask for mask in native_images(config).values() if mask]
+
+
+def _missing_files(
+    row: Mapping[str, Any], i: int, folder: Path, required: Sequence[str], labelled: Sequence[str]
+) -> list[str]:
+    """Sheet problems: files of the subject's folder that the config names and that are not there."""
+    where = f"  row {i} ({row.get('subject', '?')}): folder {row['dicom']!r} has no"
+    problems = [f"{where} {name!r} (a sequences.*.nifti file)" for name in required if not (folder / name).is_file()]
+    if row["label"]:
+        problems += [
+            f"{where} {name!r} (a radiomics.images.*.mask file, needed for every subject with a label)"
+            for name in labelled
+            if not (folder / name).is_file()
+        ]
+    return problems
+
+
 def load_subject_sheet(
-    path: str | Path, schema_path: str | Path, *, base_dir: str | Path = ".", required_files: Sequence[str] = ()
+    path: str | Path,
+    schema_path: str | Path,
+    *,
+    base_dir: str | Path = ".",
+    required_files: Sequence[str] = (),
+    labelled_files: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Read and validate the subject sheet; every referenced folder and file must exist.
 
@@ -282,6 +341,9 @@ def load_subject_sheet(
         Directory that relative paths in the sheet are relative to (the working directory).
     required_files
         Files every subject's folder must hold (the ``nifti`` selectors, see :func:`nifti_inputs`).
+    labelled_files
+        Files the folder of every subject with a label must hold (the own human masks of the native-grid
+        radiomics images, see :func:`native_mask_files`).
 
     Returns
     -------
@@ -312,12 +374,7 @@ def load_subject_sheet(
         if row.get("dicom") and not dicom.is_dir():
             problems.append(f"  row {i} ({row.get('subject', '?')}): dicom folder {row['dicom']!r} does not exist")
         elif row.get("dicom"):
-            problems += [
-                f"  row {i} ({row.get('subject', '?')}): folder {row['dicom']!r} has no {name!r} "
-                f"(a sequences.*.nifti file)"
-                for name in required_files
-                if not (dicom / name).is_file()
-            ]
+            problems += _missing_files(row, i, dicom, required_files, labelled_files)
         if row["label"] and not (base / row["label"]).exists():
             problems.append(f"  row {i} ({row.get('subject', '?')}): label file {row['label']!r} does not exist")
         rows.append(row)

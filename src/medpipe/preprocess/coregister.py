@@ -4,7 +4,8 @@
   rigid or affine transform driven by mutual information, and writes the moved image on the
   fixed grid, the ANTs transform (``.mat``) and a checkerboard QC figure.
 * :func:`apply_transform_to_points` and :func:`apply_linear_transform` map points and images
-  through such a linear transform.
+  through such a linear transform; :func:`mask_to_sequence_grid` brings a reference-grid mask onto a
+  sequence's own grid through the inverse (radiomics of an image read on its own grid).
 
 Template registration (affine + SyN, and a template mask back to native space) lives in
 :mod:`medpipe.preprocess.template`.
@@ -243,11 +244,18 @@ def apply_transform_to_points(points_ras: np.ndarray, transform: str | Path) -> 
 
 
 def apply_linear_transform(
-    moving: nib.Nifti1Image, fixed: nib.Nifti1Image, transform: str | Path, *, interpolation: str = "linear"
+    moving: nib.Nifti1Image,
+    fixed: nib.Nifti1Image,
+    transform: str | Path,
+    *,
+    interpolation: str = "linear",
+    invert: bool = False,
 ) -> np.ndarray:
     """Resample ``moving`` onto ``fixed``'s grid through an ANTs linear transform (fixed -> moving points).
 
-    ``interpolation`` is ``"linear"`` for images or ``"label"`` (ANTs ``genericLabel``) for masks.
+    ``interpolation`` is ``"linear"`` for images or ``"label"`` (ANTs ``genericLabel``) for masks. With
+    ``invert`` the transform is used the other way round (it maps moving-space points to fixed-space points):
+    the inverse of a co-registration brings reference-grid data onto the moving sequence's own grid.
     """
     import ants
 
@@ -258,7 +266,68 @@ def apply_linear_transform(
         fixed=nib_to_ants(fixed),
         moving=nib_to_ants(moving),
         transformlist=[str(transform)],
+        whichtoinvert=[bool(invert)],
         interpolator=interp[interpolation],
     )
     data: np.ndarray = out.numpy()
     return np.rint(data).astype(np.uint8) if interpolation == "label" else data
+
+
+def mask_to_sequence_grid(
+    mask: str | Path,
+    native: str | Path,
+    transform: str | Path,
+    out_mask: str | Path,
+    *,
+    subject: str,
+    sequence: str,
+) -> Path:
+    """Bring a reference-grid mask onto a sequence's own grid through the inverse of its co-registration.
+
+    Parameters
+    ----------
+    mask
+        Binary mask on the reference grid (the human label, or the automatic mask).
+    native
+        The converted sequence (its own grid, the moving image of the co-registration).
+    transform
+        The co-registration's ANTs ``.mat`` (reference-grid points -> sequence points); it is inverted here.
+    out_mask
+        uint8 0/1 mask on ``native``'s grid (label interpolation), with sidecar.
+    subject, sequence
+        For errors and the sidecar.
+
+    Raises
+    ------
+    DataError
+        When the mask has voxels but none lands inside the sequence's field of view (an empty mask, e.g. an
+        automatic mask that found nothing, stays empty).
+    """
+    native_img = load_checked(native, subject)
+    mask_img = load_checked(mask, subject)
+    grid = geometry_of(native_img)
+    moved = apply_linear_transform(mask_img, native_img, transform, interpolation="label", invert=True)
+    moved = (moved > 0).astype(np.uint8)
+    reference_voxels = int(np.count_nonzero(np.asarray(mask_img.dataobj)))
+    if reference_voxels == 0:  # an automatic mask that found nothing stays empty (radiomics says so)
+        logger.warning("subject %s: %s is empty; it stays empty on the grid of %s", subject, Path(mask).name, sequence)
+    elif not moved.any():
+        raise DataError(
+            f"the mask is empty on the grid of sequence {sequence!r} (outside its field of view after the inverse "
+            f"co-registration {Path(transform).name})",
+            subject=subject,
+            path=mask,
+        )
+    save_checked(moved, grid, out_mask, dtype=np.uint8, what=f"mask on the grid of {sequence}", subject=subject)
+    write_sidecar(
+        out_mask,
+        stage="coregister",
+        subject=subject,
+        inputs=[mask, native, transform],
+        parameters={"interpolator": "genericLabel", "inverse": True, "sequence": sequence},
+        geometry=grid,
+        packages=["antspyx"],
+        extra={"voxels": int(moved.sum()), "reference_voxels": reference_voxels},
+    )
+    logger.info("mask %s on the grid of %s: %d voxels", Path(mask).name, sequence, int(moved.sum()))
+    return Path(out_mask)
