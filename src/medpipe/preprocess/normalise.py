@@ -6,6 +6,10 @@ Methods (``settings["method"]``, overridable per sequence in ``settings["per_seq
 * ``percentile``: clip to the ``percentiles`` (default 0.5 and 99.5 %) of the voxels in the mask,
   rescale to [0, 1].
 * ``ct_window``: clip to ``window_hu`` (default [-1000, 400]) and rescale to [0, 1].
+* ``ct_foreground``: nnU-Net's CT normalisation. This stage keeps the Hounsfield units (it only resamples);
+  the clip to the ``percentiles`` of the foreground voxels and the z-score with their mean and SD are fitted on
+  the training subjects of each fold by the train job, stored with the model and applied by predict
+  (:mod:`medpipe.segment.intensity`).
 * ``whitestripe``: WhiteStripe (MR): ``(x - mean) / sd`` over the normal-appearing white matter found
   in the brain mask's histogram, by ``intensity-normalization`` (:mod:`.whitestripe`; ``whitestripe_width``,
   ``whitestripe_contrast``). Its sidecar also records the stripe found (``"whitestripe"``: mean, SD and
@@ -98,6 +102,7 @@ METHODS: dict[str, Callable[..., npt.NDArray[np.floating[Any]]]] = {
     "zscore": _zscore,
     "percentile": _percentile,
     "ct_window": _ct_window,
+    "ct_foreground": _unchanged,  # fitted per fold by the train job (medpipe.segment.intensity)
     "whitestripe": _whitestripe,
     "none": _unchanged,
 }

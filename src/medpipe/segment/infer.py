@@ -28,6 +28,7 @@ from medpipe.core.io import save_like
 from medpipe.core.records import UncertaintyRecord, write_uncertainty
 from medpipe.core.sidecar import write_sidecar
 from medpipe.segment.data import load_image_stack
+from medpipe.segment.intensity import apply_to_stack
 from medpipe.segment.model import SEG_PACKAGES, SegModel, load_model, pick_device
 from medpipe.segment.settings import resolve_settings
 from medpipe.segment.sliding import model_members
@@ -121,6 +122,15 @@ def _check_channels(seg: SegModel, n_images: int, model_path: str | Path, images
         )
 
 
+def _model_input(seg: SegModel, image: torch.Tensor) -> torch.Tensor:
+    """The case as this model's input: its fold's stored ct_foreground statistics applied (others unchanged)."""
+    records = seg.meta.get("input_normalisation") or []
+    if not records:
+        return image
+    stack = apply_to_stack(image[0].cpu().numpy(), records)
+    return torch.from_numpy(stack)[None].to(image.device)
+
+
 def _ensemble(
     paths: Sequence[str | Path],
     image: torch.Tensor,
@@ -155,7 +165,7 @@ def _ensemble(
         _check_channels(seg, int(image.shape[1]), path, images, subject)
         n_classes = int(seg.settings["num_classes"])
         amp = bool(seg.settings["train"].get("amp", True))
-        for probs in model_members(seg, image, infer, amp):
+        for probs in model_members(seg, _model_input(seg, image), infer, amp):
             sum_probs = probs if sum_probs is None else sum_probs + probs
             member_fg.append((probs[0].argmax(dim=0) > 0).cpu().numpy())
     if sum_probs is None:

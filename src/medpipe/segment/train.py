@@ -30,6 +30,7 @@ from medpipe.segment.cascade import CoarseBatches
 from medpipe.segment.checkpoint import fingerprint, load_pretrained, read_checkpoint, save_checkpoint
 from medpipe.segment.curve import write_curve
 from medpipe.segment.data import Case, load_cases, patch_dataset
+from medpipe.segment.intensity import normalise_training_cases
 from medpipe.segment.losses import SegmentationLoss
 from medpipe.segment.model import (
     SEG_PACKAGES,
@@ -339,6 +340,7 @@ def _write_model(run: _Run, out_model: str | Path, meta: Mapping[str, Any], inpu
             "fold": run.fold,
             "seed": run.seed,
             "subjects": meta["subjects"],
+            "input_normalisation": meta["input_normalisation"],
             "n_parameters": sum(p.numel() for n in run.nets.values() for p in n.parameters()),
         },
     )
@@ -395,6 +397,7 @@ def train_fold(
     check_patch_size(cfg["model"], cfg["train"]["patch_size"])
     device = _setup_device(_run_seed(seed, fold), deterministic, threads)
     cases = load_cases(images, labels, subjects, int(cfg["num_classes"]))
+    input_normalisation = normalise_training_cases(cases, images, subjects)  # ct_foreground channels
     val_names = set(validation_subset(subjects, float(cfg["val_fraction"]), int(seed) + int(fold)))
     run = _build_run(cfg, cases, val_names, seed=int(seed), fold=int(fold), device=device)
     ckpt_path = Path(out_model).with_name("checkpoint.pt")
@@ -417,7 +420,7 @@ def train_fold(
         _log_epoch(run, rows[-1], epoch + 1 - start, time.monotonic() - t0)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
-    meta = _model_meta(run, cases, val_names, images, subjects)
+    meta = {**_model_meta(run, cases, val_names, images, subjects), "input_normalisation": input_normalisation}
     _write_model(run, out_model, meta, [*(p for imgs in images for p in imgs), *labels])
     write_curve(rows, out_curve_tsv, out_curve_png, title=f"fold {fold}")
     if not cfg["train"]["keep_checkpoint"]:
