@@ -1,4 +1,5 @@
 # Validation of config and subject sheet, wildcard constraints and every input function.
+import copy
 from pathlib import Path
 
 from medpipe.audit.failures import write_failures
@@ -24,6 +25,8 @@ from medpipe.signature.stage import check_signature_config
 
 SCHEMAS = Path(workflow.basedir) / "config" / "schemas"
 
+# The config as typed (config files and --config), before the schema's defaults: what a plan must keep.
+TYPED_CONFIG = copy.deepcopy(dict(config))
 validate_config(config, SCHEMAS / "config.schema.yaml")
 SHEET = load_subject_sheet(
     config["subjects"],
@@ -63,6 +66,10 @@ elif SEGMENT and config["segmentation"]["bundle"]:
 
     BUNDLE = read_bundle_unverified(config["segmentation"]["bundle"])
 TRAIN = SEGMENT and bool(LABELLED) and BUNDLE is None  # this run trains its own fold models
+# segmentation.plan: auto (a training run): rules fingerprint and plan write results/plan/, which normalise,
+# train and predict read (medpipe.core.plan_record.planned_settings).
+PLAN = "results/plan/plan.json" if TRAIN and config["segmentation"]["plan"] == "auto" else None
+PLAN_FILES = [PLAN, "results/plan/fingerprint.json", "results/plan/plan.tsv"] if PLAN else []
 # Domain-shift flags (medpipe.evaluate.shift) need a shift reference: this run's (fitted on its training set's
 # cross-validated predictions) or the bundle's; a bundle exported without one gets no flags.
 SHIFT_REFERENCE = None
@@ -190,6 +197,21 @@ def _label_on_grid(subject):
 # --- segment ---------------------------------------------------------------------------------
 
 
+def get_plan(wildcards):
+    """results/plan/plan.json when the run is planned (segmentation.plan: auto), else nothing."""
+    return [PLAN] if PLAN else []
+
+
+def get_fingerprint_inputs(wildcards):
+    """The training subjects' images as they go into resampling (n4 output, on the reference grid), their
+    converted images (whose sidecars hold the modality) and their human labels: rule fingerprint's inputs."""
+    return {
+        "images": [f"results/n4/sub-{s}/sub-{s}_{q}.nii.gz" for s in TRAIN_SET for q in SEQUENCES],
+        "converted": [f"results/convert/sub-{s}/sub-{s}_{q}.nii.gz" for s in TRAIN_SET for q in SEQUENCES],
+        "labels": [f"results/convert/sub-{s}/sub-{s}_desc-human_mask.nii.gz" for s in TRAIN_SET],
+    }
+
+
 def get_training_subjects(wildcards):
     return [s for s in TRAIN_SET if FOLDS[s] != int(wildcards.fold)]
 
@@ -226,6 +248,7 @@ def get_bundle_inputs(wildcards):
         "labels": [_label_on_grid(s) for s in TRAIN_SET],
         "cv_summary": "results/evaluate/summary.tsv",
         **({"shift_reference": SHIFT_REFERENCE} if SHIFT_REFERENCE else {}),
+        **({"plan_files": PLAN_FILES[:2]} if PLAN else {}),
     }
 
 
@@ -421,7 +444,7 @@ def get_final_outputs(wildcards=None):
     if SEGMENT and LABELLED:
         outs += ["results/evaluate/summary.tsv"]
     if TRAIN:
-        outs += ["results/bundle"]
+        outs += ["results/bundle", *PLAN_FILES]
     if SEGMENT and SHIFT_REFERENCE:
         outs += ["results/evaluate/shift_flags.tsv"]
     if "human" in SOURCES and "auto" in SOURCES and len(LABELLED) >= config["stats"]["min_subjects"]:

@@ -130,6 +130,7 @@ rule normalise:
     input:
         image="results/n4/sub-{subject}/sub-{subject}_{sequence}.nii.gz",
         brainmask="results/skullstrip/sub-{subject}/sub-{subject}_brainmask.nii.gz",
+        plan=get_plan,
     output:
         image="results/normalise/sub-{subject}/sub-{subject}_{sequence}.nii.gz",
         sidecar="results/normalise/sub-{subject}/sub-{subject}_{sequence}.json",

@@ -3,6 +3,59 @@
 # The bundle rule packs the fold models into a portable, verifiable folder at the end of training.
 
 
+# segmentation.plan: auto. The labelled training subjects' dataset fingerprint, and the plan made from it:
+# every decision with its rule (medpipe.segment.plan); normalise, train and predict read plan.json.
+rule fingerprint:
+    input:
+        unpack(get_fingerprint_inputs),
+    output:
+        fingerprint="results/plan/fingerprint.json",
+    log:
+        "logs/plan/fingerprint.log",
+    benchmark:
+        "logs/benchmarks/plan/fingerprint.tsv"
+    conda:
+        "../envs/segment.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_scaled(2000, 20),  # one subject's images at a time
+        runtime=30,
+    params:
+        subjects=TRAIN_SET,
+        channels=SEQUENCES,
+    script:
+        "../scripts/fingerprint.py"
+
+
+rule plan:
+    input:
+        fingerprint="results/plan/fingerprint.json",
+    output:
+        plan="results/plan/plan.json",
+        table=report(
+            "results/plan/plan.tsv",
+            caption="../report/plan.rst",
+            category="3. Segmentation",
+            subcategory="Plan",
+        ),
+    log:
+        "logs/plan/plan.log",
+    benchmark:
+        "logs/benchmarks/plan/plan.tsv"
+    conda:
+        "../envs/segment.yaml"
+    threads: 2  # the train rule's: the planned network's training steps are timed with them
+    resources:
+        mem_mb=8000,
+        runtime=15,
+    params:
+        typed_config={k: TYPED_CONFIG.get(k, {}) for k in ("preprocess", "segmentation")},
+        budget_minutes=config["segmentation"]["budget_minutes"],
+        memory_mb=config["segmentation"]["plan_memory_mb"],
+    script:
+        "../scripts/plan.py"
+
+
 rule split:
     output:
         folds="results/split/folds.json",
@@ -28,6 +81,7 @@ rule train:
         images=get_training_images,
         labels=get_training_labels,
         folds="results/split/folds.json",
+        plan=get_plan,
     output:
         model=protected("results/train/fold-{fold}/model.pt"),
         sidecar="results/train/fold-{fold}/model.pt.json",
@@ -64,6 +118,7 @@ rule predict:
     input:
         images=get_case_images,
         models=get_fold_model,
+        plan=get_plan,
     output:
         prob="results/predict/sub-{subject}/sub-{subject}_prob.nii.gz",
         prob_sidecar="results/predict/sub-{subject}/sub-{subject}_prob.json",

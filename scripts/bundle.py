@@ -18,4 +18,5 @@ with script_logging(snakemake.log[0]):
         curves=list(snakemake.input.curves),
         cv_summary=snakemake.input.cv_summary,
         shift_reference=snakemake.input.get("shift_reference"),
+        plan_files=list(snakemake.input.get("plan_files", [])),
     )

@@ -1,11 +1,13 @@
 """Snakemake adapter: train the model of one cross-validation fold."""
 
 from medpipe.core.logutil import script_logging
+from medpipe.core.plan_record import planned_settings
 from medpipe.segment.train import train_fold
 
 with script_logging(snakemake.log[0]):
     n = snakemake.params.n_sequences  # input.images is flat, subject-major, in sequence order
     images = list(snakemake.input.images)
+    plan = snakemake.input.plan[0] if snakemake.input.plan else None  # segmentation.plan: auto
     train_fold(
         [images[i : i + n] for i in range(0, len(images), n)],
         list(snakemake.input.labels),
@@ -14,7 +16,7 @@ with script_logging(snakemake.log[0]):
         snakemake.output.plot,
         subjects=list(snakemake.params.subjects),
         fold=int(snakemake.wildcards.fold),
-        settings=snakemake.params.settings,
+        settings=planned_settings(snakemake.params.settings, plan, "segmentation"),
         seed=snakemake.params.seed,
         deterministic=snakemake.params.deterministic,
         threads=snakemake.threads,

@@ -129,12 +129,13 @@ def test_a_typed_patch_sets_the_depth(tmp_path: Path) -> None:
     assert plan.value("segmentation.model.channels") == [8, 16, 32]
 
 
-def test_ct_channels_get_a_window_from_the_foreground(tmp_path: Path) -> None:
+def test_ct_channels_get_nnunets_ct_normalisation_fitted_per_fold(tmp_path: Path) -> None:
     fp = cohort(tmp_path, (40, 40, 40), (1.0, 1.0, 1.0), value=-50.0)
     fp = DatasetFingerprint(fp.channels, ("CT",), fp.n_classes, fp.subjects, fp.intensities)
     plan = make_plan(fp, budget=BUDGET)
     norm = plan.value("preprocess.normalise.per_sequence.T1w")
-    assert norm == {"method": "ct_window", "window_hu": [0.0, 0.0]}  # every foreground voxel is -50 + 50 HU
+    assert norm == {"method": "ct_foreground", "percentiles": [0.5, 99.5]}
+    assert "[0.0, 0.0] HU" in decision(plan, "preprocess.normalise.per_sequence.T1w")["rule"]  # foreground: 0 HU
 
 
 def test_a_budget_too_small_for_one_epoch_is_refused_with_the_numbers(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ cross-validated training run, without that run's results folder::
     evaluate/summary.tsv             the cross-validation summary (when given)
     evaluate/shift_reference.json    the domain-shift reference with its calibrated thresholds (when given;
                                      medpipe.evaluate.shift, applied to new subjects by an inference-only run)
+    plan/plan.json, fingerprint.json the automatic plan and its dataset fingerprint (``segmentation.plan: auto``)
 
 Where the recorded facts come from: the network settings, seed and per-fold training subjects from the
 folds' train sidecars (``parameters`` is the resolved ``segmentation`` section; all folds must agree); the
@@ -227,6 +228,7 @@ def write_bundle(
     curves: Sequence[str | Path] = (),
     cv_summary: str | Path | None = None,
     shift_reference: str | Path | None = None,
+    plan_files: Sequence[str | Path] = (),
 ) -> Path:
     """Write the bundle of one training run (layout: module docstring) and return its folder.
 
@@ -251,6 +253,8 @@ def write_bundle(
         Cross-validation summary TSV (``results/evaluate/summary.tsv``), optional.
     shift_reference
         Domain-shift reference (``results/evaluate/shift_reference.json``), optional; copied byte for byte.
+    plan_files
+        ``plan.json`` and ``fingerprint.json`` of a planned run (``results/plan/``), copied to ``plan/``.
 
     Raises
     ------
@@ -302,6 +306,7 @@ def write_bundle(
         copies["evaluate/summary.tsv"] = Path(cv_summary)
     if shift_reference is not None:
         copies[SHIFT_REFERENCE_FILE] = Path(shift_reference)
+    copies.update({f"plan/{Path(p).name}": Path(p) for p in plan_files})
     with _staging(out) as stage:
         for rel, source in copies.items():
             copy_file(source, stage / rel)
@@ -349,6 +354,7 @@ def export_run(results_dir: str | Path, out_dir: str | Path, *, label_name: str 
         curves=curves if all(c.is_file() for c in curves) else (),
         cv_summary=summary if summary.is_file() else None,
         shift_reference=shift if (shift := results / SHIFT_REFERENCE_FILE).is_file() else None,
+        plan_files=sorted((results / "plan").glob("*.json")),
     )
 
 

@@ -21,8 +21,9 @@ wins; the rule text says what the plan would have chosen). The rules, in order:
   factor (2..:data:`~.plan_network.MAX_COARSE_FACTOR`) whose coarse volume fits the memory left by the fine
   patch, which is re-planned with half the budget; no factor fits -> 3D patches;
 * squeeze-and-excitation: on (the reference study: "in most cases");
-* normalisation per channel: CT -> ``ct_window`` on the foreground's 0.5-99.5th percentiles (nnU-Net's
-  CTNormalization clips there, then z-scores; ``ct_window`` rescales to [0, 1]); other modalities -> ``zscore``;
+* normalisation per channel: CT -> ``ct_foreground`` (nnU-Net's CTNormalization: clip to the foreground's
+  0.5-99.5th percentiles, then z-score with the foreground mean and SD, fitted on each fold's training subjects);
+  other modalities -> ``zscore``;
 * loss: the smallest class's median share of the cropped image < :data:`SMALL_TARGET_SHARE` -> ``dice_focal``
   (the reference study: a small target -> focal loss), else ``dice_ce``; class weights (CE/focal term)
   ``sqrt(background share / class share)``, at most :data:`MAX_CLASS_WEIGHT`, when a class holds <
@@ -40,12 +41,13 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from medpipe.core.errors import ConfigError
+from medpipe.core.plan_record import PLAN_FORMAT, SOURCES, Decision, Plan, key_path
 from medpipe.segment import plan_rules as rules
 from medpipe.segment.dataset_fingerprint import DatasetFingerprint
 from medpipe.segment.plan_network import MISSING, NetworkPlan, plan_cascade, plan_network
@@ -53,8 +55,8 @@ from medpipe.segment.settings import resolve_settings
 
 logger = logging.getLogger(__name__)
 
-PLAN_FORMAT = "medpipe-plan-1"
-SOURCES = ("plan", "override")
+__all__ = ["PLAN_FORMAT", "SOURCES", "Budget", "Decision", "Plan", "make_plan"]
+
 THICK_SLICE_RATIO = rules.ANISO_THRESHOLD
 SMALL_COHORT = 50
 TUBE_ELONGATION = 5.0
@@ -83,68 +85,6 @@ class Budget:
     seconds_per_epoch: float | None = None
 
 
-@dataclass(frozen=True)
-class Decision:
-    """One planned setting: the config ``key`` it sets, its ``value``, the ``rule`` and its ``source``."""
-
-    key: str
-    value: Any
-    rule: str
-    source: str
-
-
-def _path(key: str) -> list[str]:
-    """Config path of ``key``; a sequence name after ``per_sequence.`` stays one part."""
-    head, sep, name = key.partition(".per_sequence.")
-    return [*head.split("."), "per_sequence", name] if sep else key.split(".")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Decisions (sorted by key) and the fingerprint numbers they were made from."""
-
-    decisions: tuple[Decision, ...]
-    inputs: dict[str, Any] = field(default_factory=dict)
-
-    def value(self, key: str) -> Any:
-        """Value of the decision on ``key`` (``KeyError`` when the plan has none)."""
-        for d in self.decisions:
-            if d.key == key:
-                return d.value
-        raise KeyError(key)
-
-    def to_json(self) -> str:
-        """``plan.json`` text: stable (sorted keys, decisions sorted by key), newline-terminated."""
-        data = {"format": PLAN_FORMAT, "decisions": [asdict(d) for d in self.decisions], "inputs": self.inputs}
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> Plan:
-        """Inverse of :meth:`to_json` (:class:`ConfigError` on another format)."""
-        data = json.loads(text)
-        if data.get("format") != PLAN_FORMAT:
-            raise ConfigError(f"not a medpipe plan: format {data.get('format')!r}, expected {PLAN_FORMAT!r}")
-        return cls(tuple(Decision(**d) for d in data["decisions"]), dict(data["inputs"]))
-
-    def config(self) -> dict[str, Any]:
-        """The plan's values as a nested config mapping (``{"segmentation": {"train": {...}}, ...}``)."""
-        out: dict[str, Any] = {}
-        for d in self.decisions:
-            *parents, leaf = _path(d.key)
-            node = out
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = copy.deepcopy(d.value)
-        return out
-
-    def table(self) -> list[dict[str, str]]:
-        """Rows for a report: key, value (compact JSON), source, rule."""
-        return [
-            {"key": d.key, "value": json.dumps(d.value, separators=(", ", ": ")), "source": d.source, "rule": d.rule}
-            for d in self.decisions
-        ]
-
-
 class _Recorder:
     """Collects decisions; a key typed in ``overrides`` wins and is marked ``override``."""
 
@@ -159,7 +99,7 @@ class _Recorder:
     def typed(self, key: str) -> Any:
         """The value typed for ``key``, or ``MISSING``."""
         node: Any = self.overrides
-        for part in _path(key):
+        for part in key_path(key):
             if not isinstance(node, Mapping) or part not in node:
                 return MISSING
             node = node[part]
@@ -215,8 +155,11 @@ def _normalisation(rec: _Recorder, fp: DatasetFingerprint) -> None:
     for name, modality, stats in zip(fp.channels, fp.modalities, fp.intensities, strict=True):
         if modality.upper() == "CT":
             lo, hi = round(stats.percentile_00_5, 1), round(stats.percentile_99_5, 1)
-            value: dict[str, Any] = {"method": "ct_window", "window_hu": [lo, hi]}
-            why = f"CT: window = foreground 0.5/99.5th percentiles [{lo}, {hi}] HU (nnU-Net CTNormalization)"
+            value: dict[str, Any] = {"method": "ct_foreground", "percentiles": [0.5, 99.5]}
+            why = (
+                "CT: nnU-Net's CTNormalization, clip to the foreground's 0.5/99.5th percentiles (whole cohort: "
+                f"[{lo}, {hi}] HU; refitted on each fold's training subjects) and z-score"
+            )
         else:
             value, why = {"method": "zscore"}, f"{modality}: z-score (nnU-Net's scheme for non-CT channels)"
         key = f"preprocess.normalise.per_sequence.{name}"

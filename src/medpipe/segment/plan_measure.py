@@ -28,12 +28,29 @@ logger = logging.getLogger(__name__)
 _STATUS = Path("/proc/self/status")
 
 
+#: nnU-Net v2 plans every GPU for 8 GB (``ExperimentPlanner``'s ``gpu_memory_target_in_gb``), whatever it has.
+NNUNET_MEMORY_TARGET_MB = 8192.0
+
+
 def memory_budget_mb(*, prefer_cuda: bool = True, ram_share: float = 0.5) -> float:
-    """Memory a training step may use (MiB): CUDA device 0's total memory, else ``ram_share`` of the free RAM."""
+    """Memory the machine has for a training step (MiB): CUDA device 0's total memory, else ``ram_share`` of the
+    installed RAM (not the free RAM, which changes from one run to the next and would change the plan)."""
     if prefer_cuda and torch.cuda.is_available():
         return float(torch.cuda.get_device_properties(0).total_memory) / 2**20
-    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return ram_share * float(free) / 2**20
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return ram_share * float(total) / 2**20
+
+
+def plan_memory_mb(typed: float | None) -> tuple[float, str]:
+    """The memory budget of a plan and why: the typed ``segmentation.plan_memory_mb``, else nnU-Net's 8 GB
+    target, or less when the machine (:func:`memory_budget_mb`) has less."""
+    if typed is not None:
+        return float(typed), f"segmentation.plan_memory_mb typed in config: {float(typed):g} MiB"
+    machine = memory_budget_mb()
+    where = "CUDA device 0" if torch.cuda.is_available() else "half the installed RAM"
+    if machine < NNUNET_MEMORY_TARGET_MB:
+        return machine, f"{where}: {machine:.0f} MiB (< nnU-Net's 8 GB target)"
+    return NNUNET_MEMORY_TARGET_MB, f"nnU-Net's 8 GB target ({where}: {machine:.0f} MiB)"
 
 
 def _resident_kb(field: str) -> int | None:
