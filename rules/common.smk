@@ -164,6 +164,13 @@ def get_reference_converted(wildcards):
 # --- preprocess ------------------------------------------------------------------------------
 
 
+def get_coregister_brainmask(wildcards):
+    """The reference's brain mask when sequences are aligned onto the brain-extracted reference."""
+    if config["preprocess"]["coregister"]["fixed"] != "brain":
+        return []
+    return [f"results/skullstrip/sub-{wildcards.subject}/sub-{wildcards.subject}_brainmask.nii.gz"]
+
+
 def get_n4_input(wildcards):
     if wildcards.sequence == REF:
         return get_converted_sequence(wildcards)

@@ -6,6 +6,7 @@ rule coregister:
     input:
         moving=get_converted_sequence,
         fixed=get_reference_converted,
+        brainmask=get_coregister_brainmask,
     output:
         image="results/coregister/sub-{subject}/sub-{subject}_{sequence}.nii.gz",
         sidecar="results/coregister/sub-{subject}/sub-{subject}_{sequence}.json",

@@ -13,4 +13,5 @@ with script_logging(snakemake.log[0]):
         subject=snakemake.wildcards.subject,
         settings=snakemake.params.settings,
         seed=snakemake.params.seed,
+        brainmask=snakemake.input.brainmask[0] if snakemake.input.brainmask else None,  # coregister.fixed: brain
     )

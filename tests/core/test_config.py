@@ -118,6 +118,16 @@ def test_nifti_reference_refuses_dicom_seg_export() -> None:
         validate_config(cfg, CONFIG_SCHEMA)
 
 
+def test_aligning_onto_the_brain_needs_a_skull_stripping_method() -> None:
+    cfg = _config()
+    cfg["preprocess"]["coregister"] = {"fixed": "brain"}
+    cfg["preprocess"]["skullstrip"] = {"method": "none"}
+    with pytest.raises(ConfigError, match=r"coregister.fixed: brain .* preprocess.skullstrip.method is none"):
+        validate_config(cfg, CONFIG_SCHEMA)
+    cfg["preprocess"]["skullstrip"] = {"method": "deepbet"}
+    assert validate_config(cfg, CONFIG_SCHEMA)["preprocess"]["coregister"]["fixed"] == "brain"
+
+
 def test_sheet_names_subjects_without_the_nifti_file(tmp_path: Path) -> None:
     for name in ("A1", "B2"):
         (tmp_path / name).mkdir()

@@ -238,3 +238,59 @@ def test_mask_to_sequence_grid_inverts_the_coregistration(tmp_path: Path) -> Non
         tmp_path / "empty.nii.gz", tmp_path / "moving.nii.gz", xfm, tmp_path / "e.nii.gz", subject="S1", sequence="CT"
     )
     assert not np.asarray(nib.load(empty).dataobj).any()  # an automatic mask that found nothing stays empty
+
+
+def _head_and_neck(tmp_path: Path, shift_vox: int) -> tuple[Path, Path, Path]:
+    """A textured brain and a large bright neck block; in the moving image only the brain is shifted along x."""
+    rng = np.random.default_rng(3)
+    shape = (56, 56, 48)
+    grid = np.indices(shape).astype(np.float64)
+    texture = rng.normal(0, 1, shape)
+    texture = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(texture), 1.5))
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+
+    def image(dx: int) -> np.ndarray:
+        brain = ((grid[0] - 28 - dx) ** 2 + (grid[1] - 28) ** 2 + (grid[2] - 30) ** 2) < 11**2
+        img = np.where(brain, 300 + 400 * np.roll(texture, dx, axis=0), 20.0)
+        neck = (grid[2] < 14) & (np.abs(grid[0] - 20) < 16) & (np.abs(grid[1] - 28) < 14)
+        img[neck] = 1500 + 200 * (grid[0][neck] % 7 > 3)
+        return img.astype(np.float32), brain
+
+    fixed, brain = image(0)
+    moving, _ = image(shift_vox)
+    paths = (
+        save_nifti(fixed, affine, tmp_path / "fixed.nii.gz"),
+        save_nifti(moving, affine, tmp_path / "moving.nii.gz"),
+        save_nifti(brain.astype(np.uint8), affine, tmp_path / "brainmask.nii.gz"),
+    )
+    return paths
+
+
+def test_sequences_align_onto_the_brain_extracted_reference(tmp_path: Path) -> None:
+    """coregister.fixed: brain: only the brain drives the alignment, so a neck that did not move does not pull it."""
+    fixed, moving, brainmask = _head_and_neck(tmp_path, shift_vox=3)
+    centre = nib.load(fixed).affine @ np.array([28.0, 28.0, 30.0, 1.0])
+    errors = {}
+    for mode in ("image", "brain"):
+        out = tmp_path / mode
+        out.mkdir()
+        coregister(
+            moving,
+            fixed,
+            out / "moved.nii.gz",
+            out / "xfm.mat",
+            out / "qc.png",
+            subject="S1",
+            settings={"fixed": mode, "iterations": [200, 100], "shrink_factors": [2, 1], "smoothing_sigmas": [1, 0]},
+            seed=1,
+            brainmask=brainmask if mode == "brain" else None,
+        )
+        mapped = apply_transform_to_points(centre[None, :3], out / "xfm.mat")[0]
+        errors[mode] = float(np.linalg.norm(mapped - centre[:3] - np.array([6.0, 0.0, 0.0])))
+        sidecar = json.loads((out / "moved.json").read_text())
+        assert sidecar["parameters"]["fixed"] == mode
+    assert errors["brain"] < 1.0, errors  # the brain's 6 mm shift found within 1 mm
+    assert errors["image"] > 2.0 * errors["brain"], errors  # the whole image is pulled towards the neck
+    with pytest.raises(MedpipeError, match=r"fixed: brain needs the reference's brain mask"):
+        coregister(moving, fixed, tmp_path / "x.nii.gz", tmp_path / "x.mat", tmp_path / "x.png", subject="S1",
+                   settings={"fixed": "brain"}, seed=1)  # fmt: skip

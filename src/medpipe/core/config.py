@@ -186,6 +186,15 @@ def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -
             f"{config['reference_sequence']}.nifti is {ref_nifti!r}; set postprocess.dicom_seg: false"
         )
     native_images(config)  # refuses an image that is not a sequence, a native grid for the reference
+    preprocess = config.get("preprocess", {})
+    if (
+        preprocess.get("coregister", {}).get("fixed") == "brain"
+        and preprocess.get("skullstrip", {}).get("method") == "none"
+    ):
+        raise ConfigError(
+            "  preprocess.coregister.fixed: brain aligns onto the brain-extracted reference, but "
+            "preprocess.skullstrip.method is none (no brain mask); choose a skull-stripping method or fixed: image"
+        )
     if not config["automatic_segmentation"] and "auto" in config["radiomics"]["sources"]:
         raise ConfigError(
             "  radiomics.sources: lists 'auto', but automatic_segmentation is false (a radiomics-only run makes no "

@@ -32,7 +32,7 @@ import numpy as np
 from medpipe.core.config import with_defaults
 from medpipe.core.determinism import ants_deterministic
 from medpipe.core.errors import ConfigError, DataError
-from medpipe.core.geometry import check_finite, flip_lps_ras, geometry_of
+from medpipe.core.geometry import Geometry, check_finite, check_same_grid, flip_lps_ras, geometry_of
 from medpipe.core.io import atomic_path, load_nifti, nib_to_ants, save_checked
 from medpipe.core.qc import save_checkerboard
 from medpipe.core.sidecar import write_sidecar
@@ -112,6 +112,7 @@ def register_linear(
     *,
     seed: int,
     workdir: str | Path,
+    fixed_mask: nib.Nifti1Image | None = None,
 ) -> tuple[np.ndarray, str]:
     """Rigid/affine ANTs registration of in-memory images.
 
@@ -130,6 +131,9 @@ def register_linear(
         Seed of ANTs' random metric sampling.
     workdir
         Folder for ANTs' transform file.
+    fixed_mask
+        Metric mask on the fixed grid (every stage): only the voxels inside it drive the alignment, as when
+        registering onto the brain-extracted reference.
 
     Returns
     -------
@@ -156,8 +160,30 @@ def register_linear(
         aff_smoothing_sigmas=tuple(int(v) for v in s["smoothing_sigmas"]),
         aff_random_sampling_rate=float(s["sampling_rate"]),
         outprefix=str(Path(workdir) / "reg_"),
+        **({} if fixed_mask is None else {"mask": nib_to_ants(fixed_mask), "mask_all_stages": True}),
     )
     return result["warpedmovout"].numpy(), result["fwdtransforms"][0]
+
+
+def _fixed_mask(
+    fixed: str, brainmask: str | Path | None, grid: Geometry, *, subject: str, path: str | Path
+) -> nib.Nifti1Image | None:
+    """The metric mask of ``fixed: brain`` (the brain mask, checked on the reference grid, with voxels), else None."""
+    if fixed == "image":
+        return None
+    if brainmask is None:
+        raise ConfigError(
+            "preprocess.coregister.fixed: brain needs the reference's brain mask (preprocess.skullstrip.method "
+            "other than none)",
+            subject=subject,
+            path=path,
+        )
+    mask = load_checked(brainmask, subject)
+    check_same_grid(grid, geometry_of(mask), what="brain mask vs reference", subject=subject, path=brainmask)
+    data = np.asarray(mask.dataobj) > 0
+    if not data.any():
+        raise DataError("the brain mask is empty: nothing to register onto", subject=subject, path=brainmask)
+    return nib.Nifti1Image(data.astype(np.float32), mask.affine)
 
 
 def coregister(
@@ -170,6 +196,7 @@ def coregister(
     subject: str,
     settings: Mapping[str, Any],
     seed: int,
+    brainmask: str | Path | None = None,
 ) -> Path:
     """Co-register ``moving`` to ``fixed`` (ANTs rigid/affine, mutual information).
 
@@ -189,6 +216,9 @@ def coregister(
         ``config["preprocess"]["coregister"]``; missing keys take the schema's defaults.
     seed
         Seed for ANTs' metric sampling.
+    brainmask
+        The reference's brain mask (skull stripping), needed with ``fixed: brain``: the sequence is aligned onto
+        the brain-extracted reference (the metric sees only the voxels inside the mask).
 
     Returns
     -------
@@ -199,8 +229,9 @@ def coregister(
     fixed_img = load_checked(fixed, subject)
     moving_img = load_checked(moving, subject)
     grid = geometry_of(fixed_img)
+    mask_img = _fixed_mask(s["fixed"], brainmask, grid, subject=subject, path=fixed)
     with tempfile.TemporaryDirectory(prefix="medpipe-reg-") as tmp:
-        moved, mat = register_linear(fixed_img, moving_img, s, seed=seed, workdir=tmp)
+        moved, mat = register_linear(fixed_img, moving_img, s, seed=seed, workdir=tmp, fixed_mask=mask_img)
         with atomic_path(out_transform, suffix=".mat") as dst:
             shutil.copyfile(mat, dst)
     if tuple(moved.shape) != tuple(grid.shape):
@@ -223,7 +254,7 @@ def coregister(
         out_image,
         stage="coregister",
         subject=subject,
-        inputs=[moving, fixed],
+        inputs=[moving, fixed, *([brainmask] if brainmask is not None and mask_img is not None else [])],
         parameters={**s, "seed": int(seed)},
         geometry=grid,
         packages=["antspyx"],
