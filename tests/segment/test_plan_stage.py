@@ -87,6 +87,16 @@ def test_a_time_budget_is_measured_into_epochs_and_a_budget_below_one_epoch_stop
         _plan(tmp_path / "b", minutes=1e-5)
 
 
+def test_the_memory_budget_is_halved_until_the_default_epochs_fit_the_time_budget(tmp_path: Path) -> None:
+    typed = {"segmentation": {"train": {"iterations_per_epoch": 400}}}
+    plan = _plan(tmp_path, typed=typed, minutes=0.2)
+    budget = plan.inputs["budget"]
+    assert budget["memory_mb"] < 2000.0
+    rule = (tmp_path / "plan" / "plan.tsv").read_text()
+    assert "halved until 20 epochs (schema default) fit the 0.2 min budget: 2000 MiB: patch" in rule
+    assert plan.value("segmentation.train.epochs") == min(1000, max(1, int(12 // budget["seconds_per_epoch"])))
+
+
 def test_a_channel_whose_modality_differs_between_subjects_is_refused(tmp_path: Path) -> None:
     images, converted, labels = _cohort(tmp_path, {"T1w": ["MR"] * 3, "PET": ["PT", "PT", "CT"]})
     with pytest.raises(DataError, match=r"sequence 'PET' is CT here but PT in subject 'S0'") as err:

@@ -19,14 +19,18 @@ from typing import Any
 
 import torch
 
-from medpipe.core.errors import DataError
+from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.plan_record import Plan
 from medpipe.core.records import read_modality
 from medpipe.segment.dataset_fingerprint import DatasetFingerprint, compute_dataset_fingerprint
 from medpipe.segment.plan import Budget, make_plan
 from medpipe.segment.plan_measure import plan_memory_mb, seconds_per_epoch
+from medpipe.segment.settings import resolve_settings
 
 logger = logging.getLogger(__name__)
+
+#: Halvings of the memory budget tried to fit the schema's default epochs into the time budget.
+MAX_HALVINGS = 6
 
 
 def _per_subject(flat: Sequence[str], n: int) -> list[list[str]]:
@@ -112,6 +116,39 @@ def _write_table(plan: Plan, memory_why: str, out: str | Path) -> None:
         )
 
 
+def _fit_time(
+    fp: DatasetFingerprint, typed: Mapping[str, Any], budget: Budget, minutes: float, memory_why: str
+) -> tuple[Plan, Budget, str]:
+    """Time the planned network; while fewer than the schema's default epochs fit the time budget (a CPU, or a
+    large image), halve the memory budget (a smaller patch or batch) and re-plan, at most :data:`MAX_HALVINGS`
+    times. The time budget then decides the epochs; the last memory budget's reason says how it was reached."""
+    wanted = int(resolve_settings(None)["train"]["epochs"])
+    seconds_at: list[str] = []
+    plan = make_plan(fp, overrides=typed, budget=budget)
+    seconds = round(seconds_per_epoch(plan.config()["segmentation"], len(fp.channels)), 3)
+    seconds_at.append(f"{budget.memory_mb:.0f} MiB: patch {plan.value('segmentation.train.patch_size')}, {seconds:g} s")
+    for _ in range(MAX_HALVINGS):
+        if minutes * 60.0 / seconds >= wanted:
+            break
+        smaller = replace(budget, memory_mb=budget.memory_mb / 2)
+        try:
+            candidate = make_plan(fp, overrides=typed, budget=smaller)
+        except ConfigError:  # no patch fits half the memory: keep the last plan
+            break
+        budget, plan = smaller, candidate
+        seconds = round(seconds_per_epoch(plan.config()["segmentation"], len(fp.channels)), 3)
+        seconds_at.append(
+            f"{budget.memory_mb:.0f} MiB: patch {plan.value('segmentation.train.patch_size')}, {seconds:g} s"
+        )
+    if len(seconds_at) > 1:
+        memory_why = (
+            f"{memory_why}; halved until {wanted} epochs (schema default) fit the {minutes:g} min budget: "
+            + "; ".join(seconds_at)
+        )
+    budget = replace(budget, minutes=minutes, seconds_per_epoch=seconds)
+    return make_plan(fp, overrides=typed, budget=budget), budget, memory_why
+
+
 def write_plan(
     fingerprint: str | Path,
     out_plan: str | Path,
@@ -151,9 +188,7 @@ def write_plan(
     plan = make_plan(fp, overrides=typed_config, budget=budget)
     if budget_minutes is not None:
         torch.set_num_threads(max(1, threads))
-        seconds = seconds_per_epoch(plan.config()["segmentation"], len(fp.channels))
-        budget = replace(budget, minutes=float(budget_minutes), seconds_per_epoch=round(seconds, 3))
-        plan = make_plan(fp, overrides=typed_config, budget=budget)
+        plan, budget, memory_why = _fit_time(fp, typed_config, budget, float(budget_minutes), memory_why)
     Path(out_plan).parent.mkdir(parents=True, exist_ok=True)
     Path(out_plan).write_text(plan.to_json())
     _write_table(plan, memory_why, out_table)
