@@ -7,6 +7,7 @@ about, all at once.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
@@ -91,6 +92,17 @@ def section_schema(*keys: str) -> dict[str, Any]:
         else:
             raise ConfigError(f"config schema has no section {'.'.join(keys[: i + 1])!r}", path=CONFIG_SCHEMA)
     return node
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep copy of ``base`` with ``over`` merged in (mappings recursively, other values replaced)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def with_defaults(settings: Mapping[str, Any] | None, *keys: str) -> dict[str, Any]:

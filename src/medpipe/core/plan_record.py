@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medpipe.core.config import deep_merge
 from medpipe.core.errors import ConfigError
 
 #: ``format`` of a plan record.
@@ -95,17 +96,6 @@ def read_plan(path: str | Path) -> Plan:
         raise ConfigError(f"{path}: not a readable medpipe plan ({exc})") from exc
 
 
-def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``top`` laid over it, mappings merged key by key."""
-    out = copy.deepcopy(dict(base))
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def planned_settings(section: Mapping[str, Any], plan: str | Path | Plan | None, *keys: str) -> dict[str, Any]:
     """Config section ``keys`` (e.g. ``"segmentation"``, or ``"preprocess", "normalise"``) with the plan's values.
 
@@ -130,4 +120,4 @@ def planned_settings(section: Mapping[str, Any], plan: str | Path | Plan | None,
     node: Any = record.config()
     for key in keys:
         node = node.get(key, {}) if isinstance(node, Mapping) else {}
-    return _merge(section, node)
+    return deep_merge(section, node)

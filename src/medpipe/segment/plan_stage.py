@@ -117,16 +117,22 @@ def _write_table(plan: Plan, memory_why: str, out: str | Path) -> None:
 
 
 def _fit_time(
-    fp: DatasetFingerprint, typed: Mapping[str, Any], budget: Budget, minutes: float, memory_why: str
+    fp: DatasetFingerprint, typed: Mapping[str, Any], plan: Plan, budget: Budget, minutes: float, memory_why: str
 ) -> tuple[Plan, Budget, str]:
-    """Time the planned network; while fewer than the schema's default epochs fit the time budget (a CPU, or a
-    large image), halve the memory budget (a smaller patch or batch) and re-plan, at most :data:`MAX_HALVINGS`
-    times. The time budget then decides the epochs; the last memory budget's reason says how it was reached."""
+    """Time the network of ``plan`` (made with ``budget``); while fewer than the schema's default epochs fit the
+    time budget (a CPU, or a large image), halve the memory budget (a smaller patch or batch) and re-plan, at most
+    :data:`MAX_HALVINGS` times. The time budget then decides the epochs; the last memory budget's reason says how
+    it was reached."""
     wanted = int(resolve_settings(None)["train"]["epochs"])
     seconds_at: list[str] = []
-    plan = make_plan(fp, overrides=typed, budget=budget)
-    seconds = round(seconds_per_epoch(plan.config()["segmentation"], len(fp.channels)), 3)
-    seconds_at.append(f"{budget.memory_mb:.0f} MiB: patch {plan.value('segmentation.train.patch_size')}, {seconds:g} s")
+
+    def timed(candidate: Plan, memory_mb: float) -> float:
+        seconds = round(seconds_per_epoch(candidate.config()["segmentation"], len(fp.channels)), 3)
+        patch = candidate.value("segmentation.train.patch_size")
+        seconds_at.append(f"{memory_mb:.0f} MiB: patch {patch}, {seconds:g} s")
+        return seconds
+
+    seconds = timed(plan, budget.memory_mb)
     for _ in range(MAX_HALVINGS):
         if minutes * 60.0 / seconds >= wanted:
             break
@@ -136,10 +142,7 @@ def _fit_time(
         except ConfigError:  # no patch fits half the memory: keep the last plan
             break
         budget, plan = smaller, candidate
-        seconds = round(seconds_per_epoch(plan.config()["segmentation"], len(fp.channels)), 3)
-        seconds_at.append(
-            f"{budget.memory_mb:.0f} MiB: patch {plan.value('segmentation.train.patch_size')}, {seconds:g} s"
-        )
+        seconds = timed(plan, budget.memory_mb)
     if len(seconds_at) > 1:
         memory_why = (
             f"{memory_why}; halved until {wanted} epochs (schema default) fit the {minutes:g} min budget: "
@@ -188,7 +191,7 @@ def write_plan(
     plan = make_plan(fp, overrides=typed_config, budget=budget)
     if budget_minutes is not None:
         torch.set_num_threads(max(1, threads))
-        plan, budget, memory_why = _fit_time(fp, typed_config, budget, float(budget_minutes), memory_why)
+        plan, budget, memory_why = _fit_time(fp, typed_config, plan, budget, float(budget_minutes), memory_why)
     Path(out_plan).parent.mkdir(parents=True, exist_ok=True)
     Path(out_plan).write_text(plan.to_json())
     _write_table(plan, memory_why, out_table)

@@ -7,13 +7,12 @@ benchmarks) runs with the same settings as a workflow run.
 
 from __future__ import annotations
 
-import copy
 import functools
 import sys
 from collections.abc import Mapping
 from typing import Any
 
-from medpipe.core.config import with_defaults
+from medpipe.core.config import deep_merge, with_defaults
 
 #: The config section these settings come from.
 SECTION = "segmentation"
@@ -33,17 +32,6 @@ def _schema_defaults() -> dict[str, Any]:
     """Every default of the schema's ``segmentation`` section, in the schema's key order."""
     defaults: dict[str, Any] = _interned(with_defaults({}, SECTION))
     return defaults
-
-
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep copy of ``base`` with ``over`` merged in (mappings recursively, other values replaced)."""
-    out = copy.deepcopy(dict(base))
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def resolve_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -71,4 +59,4 @@ def resolve_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
     with_defaults(user, SECTION)  # validation: raises on any key or value the schema refuses
     # The result is pickled into model.pt, where key order and shared strings are part of the bytes: the
     # defaults (schema order, interned strings) are the base and the user's values replace theirs.
-    return _merge(_schema_defaults(), user)
+    return deep_merge(_schema_defaults(), user)
