@@ -18,6 +18,7 @@ from medpipe.core.determinism import export_job_environment
 from medpipe.core.errors import ConfigError
 from medpipe.core.records import uncertainty_path
 from medpipe.core.resources import estimate_mem_mb
+from medpipe.preprocess.template_stage import check_template_atlases
 from medpipe.core.sidecar import sidecar_path
 from medpipe.radiomics.perturb import MASK_PERTURBATIONS
 from medpipe.segment.split import assign_folds
@@ -101,6 +102,11 @@ def _workflow_path(path):
 RADIOMICS_IMAGES = {name: _workflow_path(p) for name, p in radiomics_images(config).items()}
 # Those read on their own grid (grid: native) -> their own human mask file in the subject's folder, or None.
 NATIVE_IMAGES = native_images(config)  # their own masks are checked with the sheet (native_mask_files)
+# Template registration (preprocess.template): the built-in masks and the configured atlases, each brought back
+# onto the native reference grid (checked at start: readable 3D label maps).
+TEMPLATE = config["preprocess"]["template"]
+TEMPLATE_ATLASES = [] if TEMPLATE["method"] == "none" else ["brain", "tissue", *TEMPLATE["atlases"]]
+check_template_atlases({name: _workflow_path(p) for name, p in TEMPLATE["atlases"].items()})
 FAILED_JOBS = "logs/failed_jobs.tsv"  # written by the Snakefile's onerror handler
 SHEET_PATHS = [v for column in ("dicom", "label") for v in SHEET[column] if v]  # redacted from its reasons
 
@@ -116,6 +122,7 @@ wildcard_constraints:
     source=_alternatives([*allowed_values("radiomics", "sources"), *allowed_values("radiomics", "perturbations")]),
     perturbation=_alternatives(MASK_PERTURBATIONS),
     image=_alternatives(list(RADIOMICS_IMAGES)),
+    atlas=_alternatives(TEMPLATE_ATLASES),
     fold=r"\d+",
 
 
@@ -191,6 +198,33 @@ def get_n4_settings(wildcards):
 
 def get_n4_reference(wildcards):
     return f"results/n4/sub-{wildcards.subject}/sub-{wildcards.subject}_{REF}.nii.gz"
+
+
+def get_template_grid_settings(wildcards):
+    """What rule template's files depend on (registration settings do not re-make the template)."""
+    return {k: TEMPLATE[k] for k in ("method", "resolution_mm", "brain_threshold")}
+
+
+def get_template_atlas(wildcards):
+    """The template-space label map that template_to_native brings back: built in (rule template), or an atlas."""
+    if wildcards.atlas == "brain":
+        return "results/template/template_desc-brain_mask.nii.gz"
+    if wildcards.atlas == "tissue":
+        return "results/template/template_desc-tissue_dseg.nii.gz"
+    return _workflow_path(TEMPLATE["atlases"][wildcards.atlas])
+
+
+def template_outputs(subjects):
+    """Per subject: the reference in template space, the registration check and every label map back home."""
+    if not TEMPLATE_ATLASES:
+        return []
+    outs = [f"results/template/sub-{s}/sub-{s}_registration.json" for s in subjects]
+    outs += [f"results/template/sub-{s}/sub-{s}_space-template_{REF}.nii.gz" for s in subjects]
+    return outs + [
+        f"results/template/sub-{s}/sub-{s}_space-native_desc-{a}_dseg.nii.gz"
+        for s in subjects
+        for a in TEMPLATE_ATLASES
+    ]
 
 
 def _normalised(subject, sequence):
@@ -384,9 +418,10 @@ def get_compared_source(index):
 
 
 def get_uncertainty_files(wildcards):
-    """Uncertainty records of predict and the domain-shift records of every subject (none in a radiomics-only
-    run: the review list is then empty)."""
+    """Uncertainty records of predict, the template-registration checks and the domain-shift records of every
+    subject (a radiomics-only run without template registration has none: the review list is then empty)."""
     records = [str(uncertainty_path("results", s)) for s in SUBJECTS] if SEGMENT else []
+    records += [f"results/template/sub-{s}/sub-{s}_registration.json" for s in SUBJECTS] if TEMPLATE_ATLASES else []
     return records + (shift_records() if SHIFT_REFERENCE else [])
 
 
@@ -447,7 +482,7 @@ def get_final_outputs(wildcards=None):
     outs = [f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz" for s in SUBJECTS] if SEGMENT else []
     if SEGMENT and config["postprocess"]["dicom_seg"]:  # a radiomics-only run has no automatic mask to export
         outs += [f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.dcm" for s in SUBJECTS]
-    outs += ["results/radiomics/features.tsv", "results/audit/flagged_cases.tsv"]
+    outs += ["results/radiomics/features.tsv", "results/audit/flagged_cases.tsv", *template_outputs(SUBJECTS)]
     if SEGMENT and LABELLED:
         outs += ["results/evaluate/summary.tsv"]
     if TRAIN:

@@ -178,3 +178,96 @@ rule resample_label:
         runtime=5,
     script:
         "../scripts/resample_label.py"
+
+
+# Template registration (preprocess.template.method other than none): the template and its masks once, the
+# brain-extracted reference onto it per subject (affine + SyN), the template's masks back onto the native grid.
+rule template:
+    output:
+        image="results/template/template_T1w.nii.gz",
+        brain="results/template/template_desc-brain_mask.nii.gz",
+        tissue="results/template/template_desc-tissue_dseg.nii.gz",
+    log:
+        "logs/template/template.log",
+    benchmark:
+        "logs/benchmarks/template/template.tsv"
+    conda:
+        "../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        settings=get_template_grid_settings,
+    script:
+        "../scripts/template.py"
+
+
+rule template_register:
+    input:
+        image=get_n4_reference,
+        brainmask="results/skullstrip/sub-{subject}/sub-{subject}_brainmask.nii.gz",
+        template="results/template/template_T1w.nii.gz",
+        template_brain="results/template/template_desc-brain_mask.nii.gz",
+    output:
+        affine="results/template/sub-{subject}/sub-{subject}_xfm_affine.mat",
+        warp="results/template/sub-{subject}/sub-{subject}_xfm_warp.nii.gz",
+        inverse_warp="results/template/sub-{subject}/sub-{subject}_xfm_inversewarp.nii.gz",
+        image=f"results/template/sub-{{subject}}/sub-{{subject}}_space-template_{REF}.nii.gz",
+        sidecar=f"results/template/sub-{{subject}}/sub-{{subject}}_space-template_{REF}.json",
+        record="results/template/sub-{subject}/sub-{subject}_registration.json",
+        qc=report(
+            "results/template/sub-{subject}/sub-{subject}_space-template_qc.png",
+            caption="../report/template.rst",
+            category="2. Preprocessing",
+            subcategory="Template registration",
+            labels={"subject": "{subject}"},
+        ),
+    log:
+        "logs/template_register/sub-{subject}.log",
+    benchmark:
+        "logs/benchmarks/template_register/sub-{subject}.tsv"
+    conda:
+        "../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_scaled(3000, 60),
+        runtime=30,
+    params:
+        settings=config["preprocess"]["template"],
+        seed=config["seed"],
+    script:
+        "../scripts/template_register.py"
+
+
+rule template_to_native:
+    input:
+        mask=get_template_atlas,
+        native=get_n4_reference,
+        affine="results/template/sub-{subject}/sub-{subject}_xfm_affine.mat",
+        warp="results/template/sub-{subject}/sub-{subject}_xfm_warp.nii.gz",
+        inverse_warp="results/template/sub-{subject}/sub-{subject}_xfm_inversewarp.nii.gz",
+    output:
+        mask="results/template/sub-{subject}/sub-{subject}_space-native_desc-{atlas}_dseg.nii.gz",
+        sidecar="results/template/sub-{subject}/sub-{subject}_space-native_desc-{atlas}_dseg.json",
+        qc=report(
+            "results/template/sub-{subject}/sub-{subject}_space-native_desc-{atlas}_qc.png",
+            caption="../report/template_to_native.rst",
+            category="2. Preprocessing",
+            subcategory="Template masks in native space",
+            labels={"subject": "{subject}", "atlas": "{atlas}"},
+        ),
+    log:
+        "logs/template_to_native/sub-{subject}_{atlas}.log",
+    benchmark:
+        "logs/benchmarks/template_to_native/sub-{subject}_{atlas}.tsv"
+    wildcard_constraints:
+        atlas=_alternatives(TEMPLATE_ATLASES),
+    conda:
+        "../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_scaled(2000, 20),
+        runtime=10,
+    script:
+        "../scripts/template_to_native.py"

@@ -199,13 +199,17 @@ def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -
         )
     native_images(config)  # refuses an image that is not a sequence, a native grid for the reference
     preprocess = config.get("preprocess", {})
-    if (
-        preprocess.get("coregister", {}).get("fixed") == "brain"
-        and preprocess.get("skullstrip", {}).get("method") == "none"
-    ):
+    no_brain_mask = preprocess.get("skullstrip", {}).get("method") == "none"
+    if preprocess.get("coregister", {}).get("fixed") == "brain" and no_brain_mask:
         raise ConfigError(
             "  preprocess.coregister.fixed: brain aligns onto the brain-extracted reference, but "
             "preprocess.skullstrip.method is none (no brain mask); choose a skull-stripping method or fixed: image"
+        )
+    if preprocess.get("template", {}).get("method", "none") != "none" and no_brain_mask:
+        raise ConfigError(
+            f"  preprocess.template.method: {preprocess['template']['method']} registers the brain-extracted "
+            "reference onto a skull-stripped template, but preprocess.skullstrip.method is none (no brain mask); "
+            "choose a skull-stripping method or template method none"
         )
     if not config["automatic_segmentation"] and "auto" in config["radiomics"]["sources"]:
         raise ConfigError(

@@ -17,10 +17,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 
 from medpipe.core.determinism import ants_deterministic
+from medpipe.core.errors import DataError
 from medpipe.core.geometry import Geometry, geometry_of
 from medpipe.core.io import ants_to_nib, atomic_path, nib_to_ants, save_like
 from medpipe.core.qc import save_checkerboard, save_overlay
@@ -28,6 +32,9 @@ from medpipe.core.sidecar import write_sidecar
 from medpipe.preprocess.coregister import load_checked
 
 logger = logging.getLogger(__name__)
+
+#: Label maps with at most this many labels get one QC contour per label.
+_MAX_QC_LABELS = 6
 
 
 @dataclass(frozen=True)
@@ -51,11 +58,17 @@ class TemplateTransforms:
     #: ``whichtoinvert`` matching :attr:`inverse`.
     inverse_invert = (True, False)
 
+    @classmethod
+    def at(cls, prefix: str | Path) -> TemplateTransforms:
+        """The files ``{prefix}_affine.mat``, ``{prefix}_warp.nii.gz`` and ``{prefix}_inversewarp.nii.gz``."""
+        p = str(prefix)
+        return cls(Path(p + "_affine.mat"), Path(p + "_warp.nii.gz"), Path(p + "_inversewarp.nii.gz"))
+
 
 def register_to_template(
     image: str | Path,
     template: str | Path,
-    out_prefix: str | Path,
+    out: str | Path | TemplateTransforms,
     *,
     subject: str,
     seed: int,
@@ -70,9 +83,8 @@ def register_to_template(
         Subject image (moving).
     template
         Template image (fixed), e.g. an MNI152 T1.
-    out_prefix
-        Prefix of the saved files: ``{prefix}_affine.mat``, ``{prefix}_warp.nii.gz``,
-        ``{prefix}_inversewarp.nii.gz``.
+    out
+        Where the transforms go: a :class:`TemplateTransforms`, or a prefix (:meth:`TemplateTransforms.at`).
     subject
         Subject ID (errors).
     seed
@@ -91,10 +103,7 @@ def register_to_template(
 
     img = load_checked(image, subject)
     tpl = load_checked(template, subject)
-    prefix = str(out_prefix)
-    files = TemplateTransforms(
-        Path(prefix + "_affine.mat"), Path(prefix + "_warp.nii.gz"), Path(prefix + "_inversewarp.nii.gz")
-    )
+    files = out if isinstance(out, TemplateTransforms) else TemplateTransforms.at(out)
     ants_deterministic(seed)
     with tempfile.TemporaryDirectory(prefix="medpipe-tpl-") as tmp:
         result = ants.registration(
@@ -126,6 +135,30 @@ def register_to_template(
     return files
 
 
+def labels_to_native(
+    native: nib.Nifti1Image, labels: nib.Nifti1Image, transforms: TemplateTransforms
+) -> npt.NDArray[np.int64]:
+    """A template-space label map on the native grid of ``native`` (inverse transforms, ``genericLabel``)."""
+    import ants
+
+    warped = ants.apply_transforms(
+        fixed=nib_to_ants(native),
+        moving=nib_to_ants(labels),
+        transformlist=transforms.inverse,
+        whichtoinvert=list(transforms.inverse_invert),
+        interpolator="genericLabel",
+    )
+    return np.rint(ants_to_nib(warped).get_fdata()).astype(np.int64)
+
+
+def _contours(labels: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
+    """QC contours of a label map: one per label for a few classes, the outline of all labels for an atlas."""
+    values = [int(v) for v in np.unique(labels) if v > 0]
+    if 1 < len(values) <= _MAX_QC_LABELS:
+        return {f"label {v}": labels == v for v in values}
+    return {"mask": labels > 0}
+
+
 def mask_to_native(
     mask: str | Path,
     native: str | Path,
@@ -140,13 +173,13 @@ def mask_to_native(
     Parameters
     ----------
     mask
-        Mask on the template grid (integer classes).
+        Mask or label map in template space (non-negative integer labels).
     native
         Subject image that was registered to the template; the output takes its grid.
     transforms
         Result of :func:`register_to_template` for that image.
     out
-        Output mask (uint8, with sidecar).
+        Output label map (uint8, uint16 for labels above 255; with sidecar).
     subject
         Subject ID.
     out_qc
@@ -157,24 +190,19 @@ def mask_to_native(
     pathlib.Path
         ``out``.
     """
-    import ants
-
     native_img = load_checked(native, subject)
     mask_img = load_checked(mask, subject)
     grid: Geometry = geometry_of(native_img)
-    warped = ants.apply_transforms(
-        fixed=nib_to_ants(native_img),
-        moving=nib_to_ants(mask_img),
-        transformlist=transforms.inverse,
-        whichtoinvert=list(transforms.inverse_invert),
-        interpolator="genericLabel",
-    )
-    data = np.rint(ants_to_nib(warped).get_fdata()).astype(np.uint8)
-    save_like(data, grid, out, dtype=np.uint8)
+    labels = np.asarray(mask_img.dataobj)
+    if labels.min() < 0 or not np.array_equal(labels, np.rint(labels)):
+        raise DataError("a template mask must hold non-negative integer labels", subject=subject, path=mask)
+    data = labels_to_native(native_img, mask_img, transforms)
+    dtype = np.uint8 if int(labels.max()) <= np.iinfo(np.uint8).max else np.uint16
+    save_like(data.astype(dtype), grid, out, dtype=dtype)
     if out_qc is not None:
         save_overlay(
             np.asarray(native_img.dataobj),
-            {"mask": data},
+            _contours(data),
             out_qc,
             spacing=grid.spacing,
             title=f"sub-{subject}: template mask in native space",
