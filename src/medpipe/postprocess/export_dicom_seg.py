@@ -10,9 +10,10 @@ handles any reorientation or slice order between the NIfTI and the DICOM files.
 The Segmentation references every source instance (so a viewer can overlay it on the series) and
 keeps the source's Study Instance UID. Its own UIDs are derived from the source series UID, the
 label and the mask content, and Content Date/Time are copied from the source series, so a re-run
-writes the same bytes. With ``deidentify=True`` (default) the patient module is replaced by the
-subject ID and identifying attributes (birth date, accession number, institution, physicians,
-operators, the free-text study description) are emptied or removed, as everywhere in medpipe outputs.
+writes the same bytes. With ``deidentify=True`` (default) the DICOM PS3.15 basic confidentiality profile
+with the Retain UIDs Option is applied to the whole object, nested sequences included
+(:mod:`medpipe.postprocess.confidentiality`): Patient ID and Name become the subject ID, the study, series,
+instance and frame-of-reference UIDs stay (the links that re-attach the segmentation to its study).
 """
 
 from __future__ import annotations
@@ -32,29 +33,12 @@ from medpipe.core.errors import DicomError, GeometryError
 from medpipe.core.geometry import LPS_RAS
 from medpipe.core.io import atomic_path, load_nifti
 from medpipe.core.sidecar import read_sidecar, write_sidecar
+from medpipe.postprocess.confidentiality import apply_basic_profile, profile_record
 
 logger = logging.getLogger(__name__)
 
 #: Largest distance (in mask voxels) between a DICOM pixel centre and the nearest mask voxel centre.
 INDEX_TOL = 0.01
-#: Attributes emptied (type 2) or removed (type 3) from the Segmentation when de-identifying.
-_EMPTIED = ("PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName", "StudyID")
-_REMOVED = (
-    "StudyDescription",
-    "InstitutionName",
-    "InstitutionAddress",
-    "OperatorsName",
-    "PerformingPhysicianName",
-    "OtherPatientIDs",
-    "OtherPatientNames",
-    "PatientAge",
-    "PatientWeight",
-    "PatientSize",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-    "InstitutionalDepartmentName",
-    "StationName",
-)
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
@@ -168,7 +152,7 @@ def export_dicom_seg(
     series_instance_uid
         Source series to use when the files hold several.
     deidentify
-        Replace the patient module by the subject ID and drop identifying attributes.
+        Apply the basic confidentiality profile (Retain UIDs Option); Patient ID and Name := ``subject``.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -216,7 +200,8 @@ def export_dicom_seg(
     )
     _make_reproducible(seg, datasets[0], _uid(src_series, label_name, content, "dimensions"))
     if deidentify:
-        _deidentify(seg, subject)
+        apply_basic_profile(seg, subject=subject)
+        seg.SeriesDescription = f"medpipe {label_name}"[:64]  # medpipe's own text (the profile removes the source's)
     out = Path(out_dcm)
     with atomic_path(out, suffix=".dcm") as tmp:
         seg.save_as(tmp, enforce_file_format=True)
@@ -263,8 +248,8 @@ def export_subject_dicom_seg(
         subject=subject,
         inputs=[mask_nifti, reference],
         parameters={"label_name": label_name, "deidentify": True},
-        packages=("highdicom", "pydicom"),
-        extra={"source_series_instance_uid": str(series_uid)},
+        packages=("highdicom", "pydicom", "dicom-anonymizer"),
+        extra={"source_series_instance_uid": str(series_uid), "deidentification": profile_record()},
     )
     return out
 
@@ -285,18 +270,3 @@ def _make_reproducible(seg: pydicom.Dataset, source: pydicom.Dataset, dimension_
         for item in seg.get(key, []):
             if "DimensionOrganizationUID" in item:
                 item.DimensionOrganizationUID = dimension_uid
-
-
-def _deidentify(ds: pydicom.Dataset, subject: str) -> None:
-    """Patient Name/ID := subject; identifying attributes emptied or removed, in nested sequences too."""
-    ds.PatientName = subject
-    ds.PatientID = subject
-    for key in _EMPTIED:
-        if key in ds:
-            setattr(ds, key, "")
-
-    def remove(dataset: pydicom.Dataset, element: pydicom.DataElement) -> None:
-        if element.keyword in _REMOVED:
-            del dataset[element.tag]
-
-    ds.walk(remove)
