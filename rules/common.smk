@@ -36,6 +36,9 @@ SHEET = load_subject_sheet(
     labelled_files=native_mask_files(config),
 )
 
+_UNKNOWN = sorted(set(config["label"]["geometry_subjects"]) - set(SHEET.index))
+if _UNKNOWN:
+    raise ConfigError(f"label.geometry_subjects: {_UNKNOWN} are not subjects of {config['subjects']}")
 # Must be in the environment before each job's Python starts (ITK reads its thread count once).
 JOB_ENVIRONMENT = export_job_environment(config["deterministic"])
 
@@ -158,6 +161,12 @@ def get_sequence_selector(wildcards):
 
 def get_label_source(wildcards):
     return SHEET.loc[wildcards.subject, "label"]
+
+
+def get_label_frame_policy(wildcards):
+    """label.frame_of_reference of this subject: geometry when listed in label.geometry_subjects."""
+    label = config["label"]
+    return "geometry" if wildcards.subject in label["geometry_subjects"] else label["frame_of_reference"]
 
 
 def get_converted_sequence(wildcards):
@@ -418,10 +427,11 @@ def get_compared_source(index):
 
 
 def get_uncertainty_files(wildcards):
-    """Uncertainty records of predict, the template-registration checks and the domain-shift records of every
-    subject (a radiomics-only run without template registration has none: the review list is then empty)."""
+    """Uncertainty records of predict, the template-registration checks, the human labels' sidecars (flagged
+    when placed by geometry across frames of reference) and the domain-shift records of every subject."""
     records = [str(uncertainty_path("results", s)) for s in SUBJECTS] if SEGMENT else []
     records += [f"results/template/sub-{s}/sub-{s}_registration.json" for s in SUBJECTS] if TEMPLATE_ATLASES else []
+    records += [f"results/convert/sub-{s}/sub-{s}_desc-human_mask.json" for s in LABELLED]  # placed by geometry
     return records + (shift_records() if SHIFT_REFERENCE else [])
 
 

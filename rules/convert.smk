@@ -58,6 +58,8 @@ rule convert_label:
         runtime=10,
     params:
         roi=config["label"]["rtstruct_roi"],
+        frame_of_reference=get_label_frame_policy,
+        threshold=config["label"]["threshold"],
     script:
         "../scripts/convert_label.py"
 
@@ -89,5 +91,7 @@ rule convert_image_label:
         runtime=10,
     params:
         roi=config["label"]["rtstruct_roi"],
+        frame_of_reference=get_label_frame_policy,
+        threshold=config["label"]["threshold"],
     script:
         "../scripts/convert_label.py"

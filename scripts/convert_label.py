@@ -11,4 +11,6 @@ with script_logging(snakemake.log[0]):
         subject=snakemake.wildcards.subject,
         roi_pattern=snakemake.params.roi,
         out_qc=snakemake.output.qc,
+        frame_of_reference=snakemake.params.frame_of_reference,
+        threshold=snakemake.params.threshold,
     )

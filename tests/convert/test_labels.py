@@ -140,3 +140,63 @@ def test_dicom_seg_round_trip(tmp_path: Path, series_factory) -> None:
     lps = (np.column_stack([ijk, np.ones(len(ijk))]) @ ref.affine.T)[:, :3] * [-1, -1, 1]
     col, row, k = (lps[:, 0] + 10) / 1.5, (lps[:, 1] + 8) / 1.5, (lps[:, 2] - 20) / 2.0
     assert frames[np.round(k).astype(int), np.round(row).astype(int), np.round(col).astype(int)].all()
+
+
+def test_nifti_label_with_nan_or_fractions_is_refused_unless_thresholded(tmp_path: Path) -> None:
+    ref = _reference()
+    nib.save(nib.Nifti1Image(np.zeros(ref.shape, np.int16), ref.affine), tmp_path / "ref.nii.gz")
+    blob = _blob().astype(np.float32)
+    nan = blob.copy()
+    nan[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(nan, ref.affine), tmp_path / "nan.nii.gz")
+    partial = blob * 0.7  # a partial-volume label: 0.7 inside
+    partial[tuple(np.argwhere(blob > 0)[0])] = 0.3
+    nib.save(nib.Nifti1Image(partial, ref.affine), tmp_path / "partial.nii.gz")
+    args = {"subject": "S07", "roi_pattern": ".*"}
+    with pytest.raises(DataError, match=r"S07.*1 NaN or infinite voxel|1 NaN or infinite voxel.*S07"):
+        import_label(tmp_path / "nan.nii.gz", tmp_path / "ref.nii.gz", tmp_path / "m.nii.gz", **args)
+    with pytest.raises(DataError, match=r"fractional voxel value\(s\), e\.g\. 0\.[37].*label\.threshold"):
+        import_label(tmp_path / "partial.nii.gz", tmp_path / "ref.nii.gz", tmp_path / "m.nii.gz", **args)
+    out = import_label(
+        tmp_path / "partial.nii.gz", tmp_path / "ref.nii.gz", tmp_path / "m.nii.gz", threshold=0.5, **args
+    )
+    assert int(np.asarray(nib.load(out).dataobj).sum()) == int(blob.sum()) - 1  # the 0.3 voxel is below 0.5
+    assert json.loads((tmp_path / "m.json").read_text())["parameters"]["threshold"] == 0.5
+
+
+@pytest.mark.shared
+def test_rtstruct_in_another_frame_of_reference_is_refused_or_placed_by_geometry(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    """STS_001's PET RTSTRUCT with its FrameOfReferenceUIDs broken, as in a real public export."""
+    from medpipe.audit.review import read_flag
+
+    pet = shared_dir / "ibsi_sts" / "dicom" / "STS_001" / "PET"
+    image = tmp_path / "sub-001_PET.nii.gz"
+    convert_sequence(pet / "image", image, tmp_path / "deid.tsv", tmp_path / "qc.png", subject="001", sequence="PET",
+                     selector={})  # fmt: skip
+    (rtstruct,) = sorted((pet / "mask").iterdir())
+    broken = pydicom.dcmread(rtstruct)
+    wrong = generate_uid()
+    for item in broken.ReferencedFrameOfReferenceSequence:
+        item.FrameOfReferenceUID = wrong
+    for roi in broken.StructureSetROISequence:
+        roi.ReferencedFrameOfReferenceUID = wrong
+    broken.save_as(tmp_path / "broken.dcm")
+    args = {"subject": "001", "roi_pattern": "GTV"}
+    truth = import_label(rtstruct, image, tmp_path / "truth.nii.gz", **args)
+    assert read_flag(tmp_path / "truth.json") is None
+    with pytest.raises(GeometryError, match="another frame of reference"):
+        import_label(tmp_path / "broken.dcm", image, tmp_path / "refused.nii.gz", **args)
+    placed = import_label(
+        tmp_path / "broken.dcm", image, tmp_path / "placed.nii.gz", frame_of_reference="geometry", **args
+    )
+    assert np.array_equal(np.asarray(nib.load(placed).dataobj), np.asarray(nib.load(truth).dataobj))
+    sidecar = json.loads((tmp_path / "placed.json").read_text())
+    assert sidecar["frame_of_reference_override"]["label"] == [wrong]
+    assert sidecar["frame_of_reference_override"]["reference"] == str(
+        pydicom.dcmread(next((pet / "image").iterdir())).FrameOfReferenceUID
+    )
+    flagged = read_flag(tmp_path / "placed.json")
+    assert flagged is not None and flagged.subject == "001" and flagged.stage == "convert"
+    assert "placed by geometry" in flagged.reason

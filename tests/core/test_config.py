@@ -260,6 +260,8 @@ _KEYWORDS = {
     "title",
     "const",
     "uniqueItems",
+    "propertyNames",
+    "not",
 }
 
 
@@ -276,7 +278,18 @@ def test_schema_nodes_hold_only_json_schema_keywords(schema: Path) -> None:
         for key, value in node.items():
             if key == "properties":
                 bad += [b for name, sub in value.items() for b in walk(sub, f"{where}.{name}")]
-            elif key in ("additionalProperties", "items", "if", "then", "else", "oneOf", "anyOf", "allOf"):
+            elif key in (
+                "additionalProperties",
+                "items",
+                "if",
+                "then",
+                "else",
+                "oneOf",
+                "anyOf",
+                "allOf",
+                "propertyNames",
+                "not",
+            ):
                 bad += walk(value, f"{where}.{key}")
         return bad
 

@@ -119,6 +119,94 @@ def _label_kind(source: Path, subject: str) -> str:
     )
 
 
+def _label_frames(source: Path, kind: str) -> set[str]:
+    """FrameOfReferenceUIDs a DICOM label names (structure set and ROIs, or the SEG's own)."""
+    ds = pydicom.dcmread(str(source), stop_before_pixels=True, force=True)
+    if kind == "seg":
+        return {str(ds.FrameOfReferenceUID)} if ds.get("FrameOfReferenceUID") else set()
+    frames = {str(r.FrameOfReferenceUID) for r in ds.get("ReferencedFrameOfReferenceSequence", [])}
+    frames |= {str(r.ReferencedFrameOfReferenceUID) for r in ds.get("StructureSetROISequence", [])}
+    return {f for f in frames if f}
+
+
+def _frame_override(source: Path, kind: str, frame: str | None, policy: str, subject: str) -> dict[str, Any]:
+    """``label.frame_of_reference`` for a DICOM label: the override record when it is placed by geometry.
+
+    With ``require`` nothing is done here (rasterising checks the frame and refuses another one); with ``geometry``
+    a label in another frame of reference than the reference image is placed by its world coordinates, with a
+    warning, and the record (both UIDs, the policy) goes into the label's sidecar and flags it for review.
+    """
+    if policy == "require" or frame is None or kind == "nifti":
+        return {}
+    others = sorted(_label_frames(source, kind) - {frame})
+    if not others:
+        return {}
+    logger.warning(
+        "sub-%s: label %s names FrameOfReferenceUID %s, the reference image %s: placed by geometry as "
+        "configured (label.frame_of_reference); check the overlay",
+        subject,
+        source.name,
+        others,
+        frame,
+    )
+    reason = "label in another frame of reference than the reference image, placed by geometry"
+    return {
+        "frame_of_reference_override": {"label": others, "reference": frame, "policy": policy},
+        "flag": True,
+        "reason": reason + " (label.frame_of_reference: geometry)",
+    }
+
+
+def _nifti_mask(source: Path, reference: Geometry, subject: str, threshold: float | None) -> npt.NDArray[np.uint8]:
+    """A NIfTI label as a 0/1 mask on ``reference``: NaN refused, fractional values only with a threshold."""
+    img = load_nifti(source, subject=subject)
+    raw = np.asarray(img.dataobj)
+    if raw.ndim > 3:
+        raise DataError(f"label has shape {raw.shape}; expected a 3D mask", subject=subject, path=source)
+    if not np.isfinite(raw).all():
+        n_bad = int((~np.isfinite(raw)).sum())
+        raise DataError(f"label holds {n_bad} NaN or infinite voxel(s)", subject=subject, path=source)
+    fractional = raw[raw != np.rint(raw)]
+    if threshold is None and fractional.size:
+        raise DataError(
+            f"label holds {fractional.size} fractional voxel value(s), e.g. {float(fractional[0]):g}; set "
+            "label.threshold to binarise a probability or partial-volume label",
+            subject=subject,
+            path=source,
+        )
+    binary = raw >= threshold if threshold is not None else raw != 0
+    values = np.unique(raw) if threshold is None else np.array([])
+    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+        logger.warning("label has values %s; every non-zero voxel is taken as the structure", values[:10].tolist())
+    return place_on_grid(binary, img.affine, reference, subject=subject, path=source)
+
+
+def _dicom_mask(
+    source: Path,
+    kind: str,
+    reference: Geometry,
+    ref_source: dict[str, Any],
+    frame: str | None,
+    *,
+    subject: str,
+    roi_pattern: str,
+) -> tuple[npt.NDArray[np.uint8], dict[str, Any]]:
+    """An RTSTRUCT or DICOM-SEG label on ``reference``, with what the import found (``frame``: None = unchecked)."""
+    if kind == "rtstruct":
+        sops = ref_source.get("sop_instance_uids")
+        mask, report = rtstruct_to_mask(
+            source,
+            reference,
+            subject=subject,
+            roi_pattern=roi_pattern,
+            reference_sops=None if sops is None else set(sops),
+            frame_of_reference=frame,
+        )
+        return mask, report.to_dict()
+    data, affine, name = seg_volume(source, subject=subject, roi_pattern=roi_pattern, frame_of_reference=frame)
+    return place_on_grid(data, affine, reference, subject=subject, path=source), {"roi_name": name}
+
+
 def import_label(
     source: str | Path,
     reference_image: str | Path,
@@ -127,6 +215,8 @@ def import_label(
     subject: str,
     roi_pattern: str,
     out_qc: str | Path | None = None,
+    frame_of_reference: str = "require",
+    threshold: float | None = None,
 ) -> Path:
     """Write the subject's human label as a uint8 0/1 mask on the reference image grid.
 
@@ -145,13 +235,18 @@ def import_label(
         Regular expression choosing the ROI (RTSTRUCT) or segment (SEG) by name.
     out_qc
         Optional QC figure: the mask outline over the reference image.
+    frame_of_reference
+        ``require`` (a DICOM label in another frame of reference is refused) or ``geometry`` (placed by its
+        world coordinates, with a warning; recorded in the sidecar and flagged for review).
+    threshold
+        NIfTI labels: voxels >= ``threshold`` are the structure; without it fractional values are refused.
 
     Raises
     ------
     GeometryError
-        The label is on another grid or frame of reference.
+        The label is on another grid or (with ``require``) in another frame of reference.
     DataError
-        The resulting mask is empty.
+        The resulting mask is empty; a NIfTI label with NaN, or fractional values without a threshold.
     DicomError
         Unreadable label, or no/several ROIs matching ``roi_pattern``.
     """
@@ -161,30 +256,15 @@ def import_label(
     frame = ref_source.get("frame_of_reference_uid") or None
     kind = _label_kind(source, subject)
     details: dict[str, Any] = {"label_type": kind}
+    override = _frame_override(source, kind, frame, frame_of_reference, subject)
     if kind == "nifti":
-        img = load_nifti(source, subject=subject)
-        raw = np.asarray(img.dataobj)
-        if raw.ndim > 3:
-            raise DataError(f"label has shape {raw.shape}; expected a 3D mask", subject=subject, path=source)
-        values = np.unique(raw)
-        if len(values) > 2 or (len(values) == 2 and values[0] != 0):
-            logger.warning("label has values %s; every non-zero voxel is taken as the structure", values[:10].tolist())
-        mask = place_on_grid(raw != 0, img.affine, reference, subject=subject, path=source)
-    elif kind == "rtstruct":
-        sops = ref_source.get("sop_instance_uids")
-        mask, report = rtstruct_to_mask(
-            source,
-            reference,
-            subject=subject,
-            roi_pattern=roi_pattern,
-            reference_sops=None if sops is None else set(sops),
-            frame_of_reference=frame,
-        )
-        details.update(report.to_dict())
+        mask = _nifti_mask(source, reference, subject, threshold)
     else:
-        data, affine, name = seg_volume(source, subject=subject, roi_pattern=roi_pattern, frame_of_reference=frame)
-        mask = place_on_grid(data, affine, reference, subject=subject, path=source)
-        details["roi_name"] = name
+        checked = None if override else frame
+        mask, found = _dicom_mask(
+            source, kind, reference, ref_source, checked, subject=subject, roi_pattern=roi_pattern
+        )
+        details.update(found)
     n = int(mask.sum())
     if n == 0:
         raise DataError("the label is empty on the reference grid", subject=subject, path=source)
@@ -195,21 +275,21 @@ def import_label(
         stage="convert",
         subject=subject,
         inputs=[source, reference_image],
-        parameters={"roi_pattern": roi_pattern},
+        parameters={"roi_pattern": roi_pattern, "frame_of_reference": frame_of_reference, "threshold": threshold},
         geometry=reference,
         packages=["pydicom", "highdicom"],
-        extra={"label": details, "n_voxels": n, "volume_mm3": round(n * voxel_mm3, 3)},
+        extra={"label": details, "n_voxels": n, "volume_mm3": round(n * voxel_mm3, 3), **override},
     )
     if out_qc is not None:
-        from medpipe.core.qc import save_overlay
-
-        image = np.asarray(ref_img.dataobj, dtype=np.float32)
-        save_overlay(
-            image[..., 0] if image.ndim == 4 else image,
-            {"human": mask},
-            out_qc,
-            title=f"sub-{subject} human label ({kind})",
-            spacing=reference.spacing,
-        )
+        _label_qc(ref_img, mask, out_qc, title=f"sub-{subject} human label ({kind})", spacing=reference.spacing)
     logger.info("label (%s): %d voxel(s), %.1f mm3 on the reference grid", kind, n, n * voxel_mm3)
     return Path(out_mask)
+
+
+def _label_qc(
+    ref_img: nib.Nifti1Image, mask: npt.NDArray[np.uint8], out_qc: str | Path, *, title: str, spacing: Any
+) -> None:
+    from medpipe.core.qc import save_overlay
+
+    image = np.asarray(ref_img.dataobj, dtype=np.float32)
+    save_overlay(image[..., 0] if image.ndim == 4 else image, {"human": mask}, out_qc, title=title, spacing=spacing)
