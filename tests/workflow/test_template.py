@@ -54,7 +54,7 @@ def test_the_template_stage_runs_checks_and_reruns_byte_identically(tiny_run: Pa
     flagged = pd.read_csv(work / "results" / "audit" / "flagged_cases.tsv", sep="\t", dtype=str)
     assert "template" not in set(flagged["stage"])  # every registration check passed (Dice >= 0.9 above)
     manifest = (work / "results" / "audit" / "manifest.json").read_text()
-    assert f"results/template/sub-{subjects[0]}/sub-{subjects[0]}_space-native_desc-tissue_dseg.nii.gz" in manifest
+    assert f"template/sub-{subjects[0]}/sub-{subjects[0]}_space-native_desc-tissue_dseg.nii.gz" in manifest
 
     folder = work / "results" / "template" / f"sub-{subjects[0]}"
     outputs = sorted(p for p in folder.iterdir() if p.name.endswith((".mat", ".nii.gz")))
