@@ -48,6 +48,8 @@ LABELLED = [s for s in SUBJECTS if SHEET.loc[s, "label"]]
 # Sheet column `set`: only labelled `train` subjects are trained on (k-fold); labelled `test` and `external`
 # subjects are segmented by the ensemble of all folds and scored per set.
 TRAIN_SET = [s for s in LABELLED if SHEET.loc[s, "set"] == "train"]
+# Sheet column `label2`: a second reader's mask of the labelled subject (inter-reader agreement, the ceiling).
+SECOND_READER = [s for s in LABELLED if SHEET.loc[s, "label2"]]
 SETS = {s: SHEET.loc[s, "set"] for s in SUBJECTS}
 SITES = {s: SHEET.loc[s, "site"] for s in SUBJECTS}
 SEQUENCES = list(config["sequences"])
@@ -111,7 +113,7 @@ TEMPLATE = config["preprocess"]["template"]
 TEMPLATE_ATLASES = [] if TEMPLATE["method"] == "none" else ["brain", "tissue", *TEMPLATE["atlases"]]
 check_template_atlases({name: _workflow_path(p) for name, p in TEMPLATE["atlases"].items()})
 FAILED_JOBS = "logs/failed_jobs.tsv"  # written by the Snakefile's onerror handler
-SHEET_PATHS = [v for column in ("dicom", "label") for v in SHEET[column] if v]  # redacted from its reasons
+SHEET_PATHS = [v for column in ("dicom", "label", "label2") for v in SHEET[column] if v]  # redacted from its reasons
 
 
 def _alternatives(values):
@@ -161,6 +163,15 @@ def get_sequence_selector(wildcards):
 
 def get_label_source(wildcards):
     return SHEET.loc[wildcards.subject, "label"]
+
+
+def get_label2_source(wildcards):
+    return SHEET.loc[wildcards.subject, "label2"]
+
+
+def get_reader_metrics(wildcards):
+    """Per-subject second reader vs human metric tables (rule evaluate_reader2)."""
+    return [f"results/evaluate/readers/sub-{s}_metrics.tsv" for s in SECOND_READER]
 
 
 def get_label_frame_policy(wildcards):
@@ -495,6 +506,9 @@ def get_final_outputs(wildcards=None):
     outs += ["results/radiomics/features.tsv", "results/audit/flagged_cases.tsv", *template_outputs(SUBJECTS)]
     if SEGMENT and LABELLED:
         outs += ["results/evaluate/summary.tsv"]
+    if SECOND_READER:
+        outs += ["results/evaluate/readers/summary.tsv"]
+        outs += ["results/evaluate/readers/automatic_vs_second_reader.tsv"] if SEGMENT else []
     if TRAIN:
         outs += ["results/bundle", *PLAN_FILES]
     if SEGMENT and SHIFT_REFERENCE:

@@ -64,6 +64,39 @@ rule convert_label:
         "../scripts/convert_label.py"
 
 
+# The second reader's mask (sheet column label2), imported exactly like the first reader's.
+rule convert_reader2:
+    input:
+        label=get_label2_source,
+        reference=get_reference_converted,
+    output:
+        mask="results/convert/sub-{subject}/sub-{subject}_desc-reader2_mask.nii.gz",
+        sidecar="results/convert/sub-{subject}/sub-{subject}_desc-reader2_mask.json",
+        qc=report(
+            "results/convert/sub-{subject}/sub-{subject}_desc-reader2_mask_qc.png",
+            caption="../report/convert_label.rst",
+            category="1. Conversion",
+            subcategory="Second reader",
+            labels={"subject": "{subject}"},
+        ),
+    log:
+        "logs/convert_reader2/sub-{subject}.log",
+    benchmark:
+        "logs/benchmarks/convert_reader2/sub-{subject}.tsv"
+    conda:
+        "../envs/convert.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_scaled(2000, 20),
+        runtime=10,
+    params:
+        roi=config["label"]["rtstruct_roi"],
+        frame_of_reference=get_label_frame_policy,
+        threshold=config["label"]["threshold"],
+    script:
+        "../scripts/convert_label.py"
+
+
 # The own human mask of a radiomics image read on its own grid (radiomics.images.<image>.mask, grid: native).
 rule convert_image_label:
     input:

@@ -100,6 +100,23 @@ def test_subject_sheet_errors_name_rows(tmp_path: Path) -> None:
     assert "duplicated subject IDs: ['A1']" in msg
 
 
+def test_a_second_reader_needs_a_first_reader_and_an_existing_file(tmp_path: Path) -> None:
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "h.nii.gz").write_bytes(b"")
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text(
+        "subject\tdicom\tlabel\tlabel2\nA1\td1\th.nii.gz\th.nii.gz\nB2\td1\t\th.nii.gz\nC3\td1\th.nii.gz\tr2.nii\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_subject_sheet(sheet, SHEET_SCHEMA, base_dir=tmp_path)
+    msg = str(err.value)
+    assert "row 3 (B2): label2 (a second reader) needs label (the first)" in msg
+    assert "row 4 (C3): label2 file 'r2.nii' does not exist" in msg
+    assert "A1" not in msg
+    sheet.write_text("subject\tdicom\tlabel\nA1\td1\th.nii.gz\n")  # no label2 column: none, as before
+    assert load_subject_sheet(sheet, SHEET_SCHEMA, base_dir=tmp_path).loc["A1", "label2"] == ""
+
+
 def test_missing_sheet_tells_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="demo-data"):
         load_subject_sheet(tmp_path / "none.tsv", SHEET_SCHEMA)

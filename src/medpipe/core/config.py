@@ -359,7 +359,7 @@ def load_subject_sheet(
     Parameters
     ----------
     path
-        TSV with a header row (columns: subject, dicom and the optional label, set, site).
+        TSV with a header row (columns: subject, dicom and the optional label, label2, set, site).
     schema_path
         ``subjects.schema.yaml``.
     base_dir
@@ -400,8 +400,11 @@ def load_subject_sheet(
             problems.append(f"  row {i} ({row.get('subject', '?')}): dicom folder {row['dicom']!r} does not exist")
         elif row.get("dicom"):
             problems += _missing_files(row, i, dicom, required_files, labelled_files)
-        if row["label"] and not (base / row["label"]).exists():
-            problems.append(f"  row {i} ({row.get('subject', '?')}): label file {row['label']!r} does not exist")
+        for column in ("label", "label2"):
+            if row[column] and not (base / row[column]).exists():
+                problems.append(f"  row {i} ({row.get('subject', '?')}): {column} file {row[column]!r} does not exist")
+        if row["label2"] and not row["label"]:
+            problems.append(f"  row {i} ({row.get('subject', '?')}): label2 (a second reader) needs label (the first)")
         rows.append(row)
     subjects = [str(r.get("subject", "")) for r in rows]
     dups = sorted({s for s in subjects if subjects.count(s) > 1})
