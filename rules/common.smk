@@ -112,6 +112,13 @@ NATIVE_IMAGES = native_images(config)  # their own masks are checked with the sh
 TEMPLATE = config["preprocess"]["template"]
 TEMPLATE_ATLASES = [] if TEMPLATE["method"] == "none" else ["brain", "tissue", *TEMPLATE["atlases"]]
 check_template_atlases({name: _workflow_path(p) for name, p in TEMPLATE["atlases"].items()})
+if "reader2" in SOURCES and not SECOND_READER:
+    raise ConfigError("radiomics.sources lists reader2, but no labelled subject has a label2 in the subject sheet")
+if "reader2" in SOURCES and NATIVE_IMAGES:
+    raise ConfigError(
+        f"radiomics.sources reader2: the second reader's masks are on the reference grid, but radiomics.images "
+        f"{sorted(NATIVE_IMAGES)} are read on their own grid (grid: native)"
+    )
 FAILED_JOBS = "logs/failed_jobs.tsv"  # written by the Snakefile's onerror handler
 SHEET_PATHS = [v for column in ("dicom", "label", "label2") for v in SHEET[column] if v]  # redacted from its reasons
 
@@ -408,6 +415,8 @@ def get_radiomics_params(wildcards):
 
 def get_radiomics_mask(wildcards):
     s, image, source = wildcards.subject, wildcards.image, wildcards.source
+    if source == "reader2":  # reference-grid images only (checked at start)
+        return f"results/convert/sub-{s}/sub-{s}_desc-reader2_mask.nii.gz"
     if source in ("human", "noise"):
         return _human_mask_of(s, image)
     native = "" if image not in NATIVE_IMAGES else f"img-{image}_"
@@ -419,7 +428,7 @@ def get_radiomics_mask(wildcards):
 
 
 def get_all_feature_tables(wildcards):
-    subjects = {"human": LABELLED, "auto": SUBJECTS, **{p: LABELLED for p in PERTURBATIONS}}
+    subjects = {"human": LABELLED, "auto": SUBJECTS, "reader2": SECOND_READER, **{p: LABELLED for p in PERTURBATIONS}}
     return [
         f"results/radiomics/sub-{s}/sub-{s}_img-{image}_mask-{src}_features.tsv"
         for image in RADIOMICS_IMAGES
@@ -515,6 +524,8 @@ def get_final_outputs(wildcards=None):
         outs += ["results/evaluate/shift_flags.tsv"]
     if "human" in SOURCES and "auto" in SOURCES and len(LABELLED) >= config["stats"]["min_subjects"]:
         outs += ["results/stats/reproducibility.tsv"]
+    if "reader2" in SOURCES and len(SECOND_READER) >= config["stats"]["min_subjects"]:
+        outs += ["results/stats/readers/reproducibility.tsv"]
     if PERTURBATIONS and len(LABELLED) >= config["stats"]["min_subjects"]:
         outs += ["results/stats/robustness.tsv"]
     if OUTCOMES:

@@ -53,6 +53,53 @@ rule reproducibility:
         "../scripts/reproducibility.py"
 
 
+# The same agreement between the two readers' masks (radiomics.sources reader2): the ceiling of human vs automatic.
+rule reproducibility_readers:
+    input:
+        features="results/radiomics/features.tsv",
+    output:
+        table=report(
+            "results/stats/readers/reproducibility.tsv",
+            caption="../report/reproducibility.rst",
+            category="7. Reproducibility",
+            subcategory="Second reader vs first reader",
+        ),
+        retention=report(
+            "results/stats/readers/retention_by_class.tsv",
+            caption="../report/reproducibility.rst",
+            category="7. Reproducibility",
+            subcategory="Second reader vs first reader",
+        ),
+        plot=report(
+            "results/stats/readers/ccc.png",
+            caption="../report/reproducibility.rst",
+            category="7. Reproducibility",
+            subcategory="Second reader vs first reader",
+        ),
+        by_set="results/stats/readers/retention_by_set.tsv",
+    log:
+        "logs/reproducibility_readers/reproducibility_readers.log",
+    benchmark:
+        "logs/benchmarks/reproducibility_readers/reproducibility_readers.tsv"
+    conda:
+        "../envs/radiomics.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        source_a="human",
+        source_b="reader2",
+        cutoff=config["stats"]["ccc_cutoff"],
+        n_boot=config["stats"]["bootstrap"],
+        seed=config["seed"],
+        min_subjects=config["stats"]["min_subjects"],
+        sets=SETS,
+        sites=SITES,
+    script:
+        "../scripts/reproducibility.py"
+
+
 rule robustness:
     input:
         features="results/radiomics/features.tsv",
