@@ -28,17 +28,20 @@ def test_phi_values_split_names_and_skip_placeholders() -> None:
 def test_scrub_bids_drops_denied_and_phi_bearing_fields() -> None:
     phi = phi_values([_header()])
     bids = {
-        "SeriesDescription": "T1w john",
+        "SequenceName": "tfl3d john",
         "InstitutionName": "x",
         "ImageType": ["ORIGINAL", "NONE"],
         "RepetitionTime": 2.0,
         "ProtocolName": "t1_mprage",
+        "SeriesDescription": "T1w",
     }
     clean, removed = scrub_bids(bids, phi)
-    assert clean == {"ImageType": ["ORIGINAL", "NONE"], "RepetitionTime": 2.0, "ProtocolName": "t1_mprage"}
+    assert clean == {"ImageType": ["ORIGINAL", "NONE"], "RepetitionTime": 2.0}
     assert {(r["keyword"], r["reason"]) for r in removed} == {
-        ("SeriesDescription", "contains an identifying value"),
+        ("SequenceName", "contains an identifying value"),
         ("InstitutionName", "identifying field"),
+        ("ProtocolName", "attribute of the PS3.15 basic profile"),  # free text that may hold anything
+        ("SeriesDescription", "attribute of the PS3.15 basic profile"),
     }
 
 

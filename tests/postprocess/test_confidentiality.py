@@ -19,7 +19,7 @@ import pytest
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
-from medpipe.postprocess.confidentiality import PROFILE_TABLE
+from medpipe.core.confidentiality import PROFILE_TABLE
 from medpipe.postprocess.export_dicom_seg import export_dicom_seg
 from tests.postprocess.test_export_dicom_seg import readback_dice
 
@@ -142,3 +142,28 @@ def test_a_device_serial_number_is_removed_from_every_nested_sequence(planted_se
     serials = [str(el.value) for el in seg.iterall() if el.keyword == "DeviceSerialNumber"]
     assert serials and planted[(0x0018, 0x1000)] not in serials  # highdicom copies the source's equipment
     assert out.read_bytes() == again.read_bytes()  # still byte-identical on a re-run
+
+
+def test_no_planted_identifier_reaches_the_converted_image_or_its_sidecars(planted_series, tmp_path: Path) -> None:
+    """The convert stage's outputs (NIfTI, sidecar, de-identification table, QC) of the planted series hold none."""
+    import gzip
+
+    from medpipe.convert.dicom import convert_sequence
+
+    series, planted, _ = planted_series
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        convert_sequence(
+            series, out / "sub-001_T1w.nii.gz", out / "deid.tsv", out / "qc.png", subject="001", sequence="T1w",
+            selector={},
+        )  # fmt: skip
+    retained = {tuple(t) for t in (*_profile_tables()["U_TAGS"], *_profile_tables()["X_Z_U_STAR_TAGS"])}
+    must_go = {tag: text for tag, text in planted.items() if tag not in retained}
+    files = sorted(out.iterdir())
+    assert {f.name for f in files} >= {"sub-001_T1w.nii.gz", "sub-001_T1w.json", "deid.tsv", "qc.png"}
+    found = []
+    for f in files:
+        data = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
+        found += [f"{f.name}: ({g:04X},{e:04X}) {text}" for (g, e), text in must_go.items() if text.encode() in data]
+    assert not found, "planted identifiers in the converted outputs:\n" + "\n".join(found[:30])

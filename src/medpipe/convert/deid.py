@@ -3,7 +3,9 @@
 dcm2niix runs with ``-ba y`` (anonymised BIDS sidecar); on top of that medpipe
 
 * removes sidecar fields that identify a patient, an institution, a person or a date
-  (:data:`DENY_FIELDS`),
+  (:data:`DENY_FIELDS`) and every field copied from an attribute of the DICOM PS3.15 basic confidentiality
+  profile (descriptions, protocol names, times, device, station:
+  :func:`medpipe.core.confidentiality.profile_keywords`),
 * removes any sidecar string that contains a value of an identifying DICOM attribute of the
   converted series (e.g. a SeriesDescription that repeats the patient ID),
 * writes NIfTI images with blank header text (``medpipe.core.io.save_nifti``),
@@ -23,6 +25,7 @@ from typing import Any
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
+from medpipe.core.confidentiality import profile_keywords
 from medpipe.core.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -204,6 +207,8 @@ def scrub_bids(bids: Mapping[str, Any], phi: Sequence[str]) -> tuple[dict[str, A
         value = bids[key]
         if key in DENY_FIELDS:
             removed.append(_row("bids_sidecar", "", key, "removed", "identifying field"))
+        elif key in profile_keywords():
+            removed.append(_row("bids_sidecar", "", key, "removed", "attribute of the PS3.15 basic profile"))
         elif any(contains_phi(s, phi) for s in _strings(value)):
             removed.append(_row("bids_sidecar", "", key, "removed", "contains an identifying value"))
         else:

@@ -29,11 +29,11 @@ import pydicom
 from pydicom.valuerep import DA, TM
 
 from medpipe import __version__
+from medpipe.core.confidentiality import apply_basic_profile, profile_record
 from medpipe.core.errors import DicomError, GeometryError
 from medpipe.core.geometry import LPS_RAS
 from medpipe.core.io import atomic_path, load_nifti
 from medpipe.core.sidecar import read_sidecar, write_sidecar
-from medpipe.postprocess.confidentiality import apply_basic_profile, profile_record
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""DICOM PS3.15 Basic Application Level Confidentiality Profile for the DICOM objects medpipe writes.
+"""DICOM PS3.15 Basic Application Level Confidentiality Profile: for the DICOM objects medpipe writes, and the
+list of the profile's attributes that no text output may carry (:func:`profile_keywords`, used by the convert
+stage's sidecar scrubbing).
 
 The action of every attribute (D replace, Z empty, X remove, U replace UID, and the combined X/Z/D, X/Z/U*
 actions) comes from the tables of the standard as dicom-anonymizer ships them (:data:`PROFILE_TABLE`); they are
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import cache
 from importlib.metadata import version
 from typing import Any
 
@@ -58,6 +61,19 @@ def profile_actions() -> dict[tuple[int, ...], Action]:
     for tag in (*tables["U_TAGS"], *tables["X_Z_U_STAR_TAGS"]):
         actions[tag] = _keep
     return actions
+
+
+@cache
+def profile_keywords() -> frozenset[str]:
+    """DICOM keywords of every single attribute in the basic profile's table (repeating groups left out).
+
+    These are also the names dcm2niix gives the BIDS sidecar fields copied from those attributes.
+    """
+    from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
+    from pydicom.datadict import keyword_for_tag
+
+    tags = dicom_anonymization_database_selector(PROFILE_TABLE)["ALL_TAGS"]
+    return frozenset(k for t in tags if len(t) == 2 and (k := keyword_for_tag((t[0] << 16) | t[1])))
 
 
 def _nested(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:
