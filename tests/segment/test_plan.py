@@ -95,6 +95,16 @@ def test_tiny_target_in_a_large_image_gets_a_cascade_and_focal_loss(tmp_path: Pa
     assert patch < 0.25 * 128**3
 
 
+def test_a_typed_cascade_on_images_the_patch_covers_says_so(tmp_path: Path) -> None:
+    """The rule text of a typed cascade states the real coverage, not the cascade threshold it did not pass."""
+    fp = cohort(tmp_path, (48, 48, 48), (1.0, 1.0, 1.0), radius=8.0)
+    typed = {"segmentation": {"model": {"architecture": "cascade"}}}
+    plan = make_plan(fp, overrides=typed, budget=BUDGET)
+    arch = decision(plan, "segmentation.model.architecture")
+    assert arch["source"] == "override" and json.loads(arch["value"]) == "cascade"
+    assert "< 25 %" not in arch["rule"] and ">= 25 %" in arch["rule"] and "typed cascade" in arch["rule"]
+
+
 def test_small_cohort_of_line_shaped_targets_is_planned_2d(tmp_path: Path) -> None:
     fp = cohort(tmp_path, (48, 40, 40), (1.0, 1.0, 1.0), target="line")
     plan = make_plan(fp, budget=BUDGET)

@@ -248,12 +248,14 @@ def plan_cascade(
         return net, decisions, "unet3d", f"{cover} (>= {100 * rules.LOWRES_THRESHOLD:g} %: no cascade)"
     fine, fine_decisions = plan_network(typed, 3, spacing, median_shape, budget_mb / 2, dataset_voxels, defaults)
     factor, total, factor_why = _coarse_factor(fine, full_max, budget_mb, typed)
+    pct = f"{100 * rules.LOWRES_THRESHOLD:g} %"
+    if coverage < rules.LOWRES_THRESHOLD:
+        relation = f"< {pct}, nnU-Net's lowres_creation_threshold"
+    else:  # only a typed architecture gets here
+        relation = f">= {pct}: no cascade by the rule, but segmentation.model.architecture is typed cascade"
     if factor is None:
-        return net, decisions, "unet3d", f"{cover} (< 25 %: cascade wanted), but {factor_why}: 3D patches"
-    why = (
-        f"{cover} (< {100 * rules.LOWRES_THRESHOLD:g} %, nnU-Net's lowres_creation_threshold): cascade, the fine "
-        f"patch re-planned with half the budget ({budget_mb / 2:.0f} MiB)"
-    )
+        return net, decisions, "unet3d", f"{cover} ({relation}: cascade wanted), but {factor_why}: 3D patches"
+    why = f"{cover} ({relation}): cascade, the fine patch re-planned with half the budget ({budget_mb / 2:.0f} MiB)"
     if t_arch not in (MISSING, "cascade"):
         return net, decisions, "cascade", why
     batch, batch_why = rules.batch_size(total, budget_mb, float(np.prod(fine.patch)), dataset_voxels)
