@@ -28,6 +28,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 
 from medpipe.core.config import with_defaults
 from medpipe.core.determinism import ants_deterministic
@@ -178,12 +179,26 @@ def _fixed_mask(
             subject=subject,
             path=path,
         )
+    data = load_brain_mask(brainmask, grid, subject=subject)
+    return nib.Nifti1Image(data.astype(np.float32), grid.affine)
+
+
+def load_brain_mask(brainmask: str | Path, grid: Geometry, *, subject: str) -> npt.NDArray[np.bool_]:
+    """The reference's brain mask (skullstrip) as booleans, checked to lie on ``grid`` and to hold voxels.
+
+    Raises
+    ------
+    GeometryError
+        The mask is on another grid than the reference.
+    DataError
+        The mask is empty (nothing to register onto).
+    """
     mask = load_checked(brainmask, subject)
     check_same_grid(grid, geometry_of(mask), what="brain mask vs reference", subject=subject, path=brainmask)
     data = np.asarray(mask.dataobj) > 0
     if not data.any():
         raise DataError("the brain mask is empty: nothing to register onto", subject=subject, path=brainmask)
-    return nib.Nifti1Image(data.astype(np.float32), mask.affine)
+    return data
 
 
 def coregister(

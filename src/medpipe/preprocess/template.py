@@ -26,7 +26,7 @@ import numpy.typing as npt
 from medpipe.core.determinism import ants_deterministic
 from medpipe.core.errors import DataError
 from medpipe.core.geometry import Geometry, geometry_of
-from medpipe.core.io import ants_to_nib, atomic_path, nib_to_ants, save_like
+from medpipe.core.io import ants_to_nib, atomic_path, nib_to_ants, save_checked, save_like
 from medpipe.core.qc import save_checkerboard, save_overlay
 from medpipe.core.sidecar import write_sidecar
 from medpipe.preprocess.coregister import load_checked
@@ -74,6 +74,7 @@ def register_to_template(
     seed: int,
     syn_iterations: Sequence[int] = (40, 20, 0),
     out_qc: str | Path | None = None,
+    out_warped: str | Path | None = None,
 ) -> TemplateTransforms:
     """Affine + SyN registration of ``image`` to ``template``; forward and inverse transforms are saved.
 
@@ -93,6 +94,8 @@ def register_to_template(
         SyN iterations per level (coarse to fine).
     out_qc
         Optional checkerboard of template and warped image.
+    out_warped
+        Optional: the registered image on the template grid (float32), as ANTs resampled it.
 
     Returns
     -------
@@ -123,6 +126,9 @@ def register_to_template(
         for dst, src in sources.items():
             with atomic_path(dst) as tmp_dst:
                 shutil.copyfile(src, tmp_dst)
+        if out_warped is not None:
+            warped = ants_to_nib(result["warpedmovout"]).get_fdata().astype(np.float32)
+            save_checked(warped, geometry_of(tpl), out_warped, dtype=np.float32, what="registered vs template")
         if out_qc is not None:
             save_checkerboard(
                 np.asarray(tpl.dataobj),

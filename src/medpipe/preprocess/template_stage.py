@@ -25,11 +25,11 @@ import nibabel as nib
 import numpy as np
 
 from medpipe.core.config import with_defaults
-from medpipe.core.errors import ConfigError, DataError
-from medpipe.core.geometry import check_same_grid, geometry_of
-from medpipe.core.io import ants_to_nib, nib_to_ants, save_checked, save_nifti
+from medpipe.core.errors import ConfigError
+from medpipe.core.geometry import geometry_of
+from medpipe.core.io import save_checked, save_nifti
 from medpipe.core.sidecar import write_json, write_sidecar
-from medpipe.preprocess.coregister import load_checked
+from medpipe.preprocess.coregister import load_brain_mask, load_checked
 from medpipe.preprocess.template import TemplateTransforms, labels_to_native, register_to_template
 
 logger = logging.getLogger(__name__)
@@ -115,13 +115,7 @@ def write_template(
 def _brain_extracted(image: str | Path, brainmask: str | Path, subject: str) -> tuple[nib.Nifti1Image, np.ndarray]:
     """The reference inside its brain mask (zero outside) and the mask, checked on one grid."""
     img = load_checked(image, subject)
-    mask_img = load_checked(brainmask, subject)
-    check_same_grid(geometry_of(img), geometry_of(mask_img), what="brain mask vs reference", subject=subject)
-    mask = np.asarray(mask_img.dataobj) > 0
-    if not mask.any():
-        raise DataError(
-            "the brain mask is empty: nothing to register onto the template", subject=subject, path=brainmask
-        )
+    mask = load_brain_mask(brainmask, geometry_of(img), subject=subject)
     brain = np.where(mask, np.asarray(img.dataobj, dtype=np.float32), 0.0).astype(np.float32)
     return nib.Nifti1Image(brain, img.affine), mask
 
@@ -129,16 +123,6 @@ def _brain_extracted(image: str | Path, brainmask: str | Path, subject: str) -> 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     total = int(a.sum()) + int(b.sum())
     return 2.0 * int((a & b).sum()) / total if total else 1.0
-
-
-def _warp_to_template(brain: nib.Nifti1Image, template: nib.Nifti1Image, transforms: TemplateTransforms) -> np.ndarray:
-    """The brain-extracted reference resampled into template space (forward transforms, linear)."""
-    import ants
-
-    warped = ants.apply_transforms(
-        fixed=nib_to_ants(template), moving=nib_to_ants(brain), transformlist=transforms.forward, interpolator="linear"
-    )
-    return np.asarray(ants_to_nib(warped).get_fdata(), dtype=np.float32)
 
 
 def register_reference(
@@ -193,9 +177,9 @@ def register_reference(
             seed=seed,
             syn_iterations=s["syn_iterations"],
             out_qc=out_qc,
+            out_warped=out_image,
         )
     grid = geometry_of(tpl)
-    save_checked(_warp_to_template(brain, tpl, tx), grid, out_image, dtype=np.float32, what="registered vs template")
     back = labels_to_native(brain, load_checked(template_brain, subject), tx) > 0
     dice = _dice(back, mask)
     inputs = [image, brainmask, template, template_brain]
