@@ -27,6 +27,7 @@ include: "rules/evaluate.smk"
 include: "rules/radiomics.smk"
 include: "rules/stats.smk"
 include: "rules/signature.smk"
+include: "rules/labeling.smk"
 include: "rules/audit.smk"
 
 

@@ -2,6 +2,8 @@
 import copy
 from pathlib import Path
 
+from snakemake.logging import logger
+
 from medpipe.audit.failures import write_failures
 from medpipe.audit.review import excluded_subjects
 from medpipe.core.config import (
@@ -20,6 +22,8 @@ from medpipe.core.records import uncertainty_path
 from medpipe.core.resources import estimate_mem_mb
 from medpipe.preprocess.template_stage import check_template_atlases
 from medpipe.core.sidecar import sidecar_path
+from medpipe.labeling.campaign import campaign_from_config
+from medpipe.labeling.select import read_selection
 from medpipe.radiomics.perturb import MASK_PERTURBATIONS
 from medpipe.segment.split import assign_folds
 from medpipe.signature.stage import check_signature_config
@@ -119,6 +123,22 @@ if "reader2" in SOURCES and NATIVE_IMAGES:
         f"radiomics.sources reader2: the second reader's masks are on the reference grid, but radiomics.images "
         f"{sorted(NATIVE_IMAGES)} are read on their own grid (grid: native)"
     )
+# Smart labeling (labeling.rounds > 0): round r trains on the initial set plus the corrected batches of rounds
+# 0..r-1; which subjects those are is known once rule labeling_select (a checkpoint) has run for each round.
+CAMPAIGN = None
+if config["labeling"]["rounds"]:
+    if not TRAIN:
+        raise ConfigError(
+            "labeling.rounds needs a run that trains its own models (automatic_segmentation true, labelled "
+            "subjects, no segmentation.bundle)"
+        )
+    CAMPAIGN = campaign_from_config(
+        config["labeling"],
+        sheet_order=[s for s in SHEET.index if s in SUBJECTS],
+        labelled=LABELLED,
+        sets=SETS,
+        seed=config["seed"],
+    )
 FAILED_JOBS = "logs/failed_jobs.tsv"  # written by the Snakefile's onerror handler
 SHEET_PATHS = [v for column in ("dicom", "label", "label2") for v in SHEET[column] if v]  # redacted from its reasons
 
@@ -136,6 +156,7 @@ wildcard_constraints:
     image=_alternatives(list(RADIOMICS_IMAGES)),
     atlas=_alternatives(TEMPLATE_ATLASES),
     fold=r"\d+",
+    round=r"\d+",
 
 
 # --- resources -------------------------------------------------------------------------------
@@ -504,6 +525,177 @@ def get_signoff(wildcards):
     return [signoff] if signoff else []
 
 
+# --- labeling --------------------------------------------------------------------------------
+
+
+def _round_dir(r):
+    return f"results/labeling/round-{r}"
+
+
+def labeling_batch(r):
+    """Subjects selected for correction in round r (rule labeling_select's record, read once it ran)."""
+    return read_selection(checkpoints.labeling_select.get(round=str(r)).output.selection)
+
+
+def labeling_labelled(r):
+    """Subjects round r trains on: the initial set, then each earlier round's batch in selection order."""
+    subjects = list(CAMPAIGN.initial)
+    for k in range(int(r)):
+        subjects += labeling_batch(k)
+    return subjects
+
+
+def labeling_pool(r):
+    """Candidates still unlabelled in round r, in sheet order."""
+    done = set(labeling_labelled(r))
+    return [s for s in CAMPAIGN.candidates if s not in done]
+
+
+def _correction(r, s):
+    """The corrected mask of subject s in round r: the corrections folder, or (simulate) its known label."""
+    if CAMPAIGN.mode == "simulate":
+        return f"results/convert/sub-{s}/sub-{s}_desc-human_mask.nii.gz"
+    return str(CAMPAIGN.correction_file(int(r), s))
+
+
+def get_labeling_train_inputs(wildcards):
+    """Images and labels (on the training grid) of round r's subjects, the plan, and round r-1's model when
+    fine-tuning: inputs of rule labeling_train."""
+    r = int(wildcards.round)
+    subjects = labeling_labelled(r)
+    accepted_in = {s: k for k in range(r) for s in labeling_batch(k)}
+    labels = [
+        (
+            f"{_round_dir(accepted_in[s])}/accepted/sub-{s}_space-train_mask.nii.gz"
+            if s in accepted_in
+            else _label_on_grid(s)
+        )
+        for s in subjects
+    ]
+    inputs = {"images": [_normalised(s, q) for s in subjects for q in SEQUENCES], "labels": labels}
+    inputs["plan"] = get_plan(wildcards)
+    if r > 0 and config["labeling"]["fine_tune"]["enabled"]:
+        inputs["init"] = f"{_round_dir(r - 1)}/model.pt"
+    return inputs
+
+
+def get_labeling_train_subjects(wildcards):
+    return labeling_labelled(int(wildcards.round))
+
+
+def get_labeling_pool_uncertainty(wildcards):
+    r = wildcards.round
+    return [f"{_round_dir(r)}/predict/sub-{s}_uncertainty.json" for s in labeling_pool(int(r))]
+
+
+def get_labeling_pool(wildcards):
+    return labeling_pool(int(wildcards.round))
+
+
+def get_labeling_explicit_batch(wildcards):
+    return CAMPAIGN.explicit_batch(int(wildcards.round))
+
+
+def get_labeling_worklist_files(wildcards):
+    """Per subject of round r's batch: image to open, mask to edit, DICOM-SEG and where the correction goes."""
+    r = wildcards.round
+    batch = labeling_batch(int(r))
+    files = {
+        "images": {s: f"results/convert/sub-{s}/sub-{s}_{REF}.nii.gz" for s in batch},
+        "masks": {s: f"{_round_dir(r)}/native/sub-{s}_desc-auto_mask.nii.gz" for s in batch},
+        "corrections": {s: _correction(r, s) for s in batch},
+        "dicom_segs": {},
+    }
+    if config["postprocess"]["dicom_seg"]:
+        files["dicom_segs"] = {s: f"{_round_dir(r)}/native/sub-{s}_desc-auto_mask.dcm" for s in batch}
+    return files
+
+
+def get_labeling_worklist_inputs(wildcards):
+    files = get_labeling_worklist_files(wildcards)
+    return {key: list(files[key].values()) for key in ("images", "masks", "dicom_segs")}
+
+
+def get_labeling_correction(wildcards):
+    return _correction(wildcards.round, wildcards.subject)
+
+
+def get_labeling_batch(wildcards):
+    return labeling_batch(int(wildcards.round))
+
+
+def get_labeling_accepted(wildcards):
+    r = wildcards.round
+    return [f"{_round_dir(r)}/accepted/sub-{s}_mask.nii.gz" for s in labeling_batch(int(r))]
+
+
+def get_labeling_corrections_folder(wildcards):
+    return None if CAMPAIGN.mode == "simulate" else str(CAMPAIGN.correction_folder(int(wildcards.round)))
+
+
+def get_labeling_score_truth(wildcards):
+    """What round r's prediction of a subject is scored against: the accepted correction of a batch subject,
+    the human label of a held-out subject."""
+    s, r = wildcards.subject, wildcards.round
+    if s in CAMPAIGN.held_out:
+        return f"results/convert/sub-{s}/sub-{s}_desc-human_mask.nii.gz"
+    return f"{_round_dir(r)}/accepted/sub-{s}_mask.nii.gz"
+
+
+_LABELING_WARNED = set()
+
+
+def labeling_progress():
+    """Rounds run so far, rounds whose corrections are in, and each round's status. The campaign stops at the
+    first round whose corrections are incomplete (human mode), listing the missing files."""
+    ran, corrected, status = [], [], {}
+    for r in range(CAMPAIGN.rounds):
+        ran.append(r)
+        if not labeling_pool(r):
+            status[r] = "pool exhausted: every candidate is labelled"
+            break
+        batch = labeling_batch(r)
+        missing = [] if CAMPAIGN.mode == "simulate" else [_correction(r, s) for s in batch]
+        missing = [f for f in missing if not Path(f).exists()]
+        if missing and r == CAMPAIGN.rounds - 1:
+            status[r] = f"last round: batch exported for correction ({len(missing)} of {len(batch)} not corrected)"
+            break
+        if missing:
+            status[r] = f"waiting for corrections: {len(missing)} of {len(batch)} missing: {', '.join(missing)}"
+            if r not in _LABELING_WARNED:
+                _LABELING_WARNED.add(r)
+                logger.warning(
+                    f"labeling: round {r} waits for corrections (worklist {_round_dir(r)}/worklist.tsv); "
+                    f"missing: {', '.join(missing)}. The campaign stops here; run again once they are in place."
+                )
+            break
+        corrected.append(r)
+        status[r] = "corrected"
+    return ran, corrected, status
+
+
+def get_labeling_rounds_inputs(wildcards):
+    """Per round run: model, training benchmark, learning curve, held-out metrics, selection and worklist;
+    per corrected round: accepted.tsv and the batch's metrics: inputs of rule labeling_rounds."""
+    ran, corrected, status = labeling_progress()
+    selected = [r for r in ran if "pool exhausted" not in status[r]]
+    held = list(CAMPAIGN.held_out)
+    return {
+        "models": [f"{_round_dir(r)}/model.pt" for r in ran],
+        "benchmarks": [f"logs/benchmarks/labeling_train/round-{r}.tsv" for r in ran],
+        "curves": [f"{_round_dir(r)}/learning_curve.tsv" for r in ran],
+        "heldout_metrics": [f"{_round_dir(r)}/metrics/sub-{s}_metrics.tsv" for r in ran for s in held],
+        "selections": [f"{_round_dir(r)}/selection.tsv" for r in selected],
+        "worklists": [f"{_round_dir(r)}/worklist.tsv" for r in selected],
+        "accepted": [f"{_round_dir(r)}/accepted.tsv" for r in corrected],
+        "batch_metrics": [f"{_round_dir(r)}/metrics/sub-{s}_metrics.tsv" for r in corrected for s in labeling_batch(r)],
+    }
+
+
+def get_labeling_status(wildcards):
+    return labeling_progress()[2]
+
+
 # --- final targets ---------------------------------------------------------------------------
 
 
@@ -528,6 +720,8 @@ def get_final_outputs(wildcards=None):
         outs += ["results/stats/readers/reproducibility.tsv"]
     if PERTURBATIONS and len(LABELLED) >= config["stats"]["min_subjects"]:
         outs += ["results/stats/robustness.tsv"]
+    if CAMPAIGN is not None:
+        outs += ["results/labeling/rounds.tsv"]
     if OUTCOMES:
         outs += [f"results/signature/source-{s}/model.json" for s in SIGNATURE_SOURCES]
         outs += ["results/signature/comparison.tsv"] if config["signature"]["compare"] else []

@@ -100,6 +100,7 @@ STAGES = (
     "radiomics",
     "stats",
     "signature",
+    "labeling",
     "audit",
     "demo",
 )

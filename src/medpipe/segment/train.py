@@ -340,6 +340,7 @@ def _write_model(run: _Run, out_model: str | Path, meta: Mapping[str, Any], inpu
             "fold": run.fold,
             "seed": run.seed,
             "subjects": meta["subjects"],
+            "validation_subjects": meta["validation_subjects"],
             "input_normalisation": meta["input_normalisation"],
             "n_parameters": sum(p.numel() for n in run.nets.values() for p in n.parameters()),
         },
@@ -421,7 +422,8 @@ def train_fold(
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     meta = {**_model_meta(run, cases, val_names, images, subjects), "input_normalisation": input_normalisation}
-    _write_model(run, out_model, meta, [*(p for imgs in images for p in imgs), *labels])
+    init = [str(cfg["train"]["init_checkpoint"])] if cfg["train"]["init_checkpoint"] else []  # provenance
+    _write_model(run, out_model, meta, [*(p for imgs in images for p in imgs), *labels, *init])
     write_curve(rows, out_curve_tsv, out_curve_png, title=f"fold {fold}")
     if not cfg["train"]["keep_checkpoint"]:
         ckpt_path.unlink(missing_ok=True)
