@@ -86,3 +86,10 @@ def tiny_run(tiny_workdir: Path) -> Path:
     run(snakemake_cmd(tiny_workdir, "--cores", "2", "--profile", str(REPO / "profiles" / "default")))
     run(snakemake_cmd(tiny_workdir, "--cores", "1", "--report", "results/report.html"))
     return tiny_workdir
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start test_slurm.py's SLURM run in the background once it is known to be selected (see slurm_cluster)."""
+    from tests.workflow.slurm_cluster import start_if_collected
+
+    start_if_collected(list(session.items))

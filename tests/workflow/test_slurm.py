@@ -7,11 +7,12 @@ node, 2 CPUs, short status polling). Evidence that every job went through SLURM 
 accounting database (``sacct``) and the plugin's per-job SLURM logs; the results must equal the
 local run of the same workflow (``tiny_run``) file for file.
 
-The SLURM run stops at the evaluation summary and the DICOM-SEG exports (conversion, every
-preprocessing step, split, training, prediction, post-processing, scoring): the radiomics of the
-tiny workflow take about half of its CPU time and run unchanged in ``tiny_run``. On the 2-core CI node the
-group jobs run one after the other (each asks for both CPUs): about 6-8 minutes uncontended, 16 measured
-on a loaded machine, hence the 30-minute limit.
+The SLURM run starts in the background right after collection (``tests/workflow/slurm_cluster.py``: most of
+its wall time is waiting on the scheduler, which then overlaps the rest of the suite). It stops at the
+evaluation summary and the DICOM-SEG exports (conversion, every preprocessing step, split, training,
+prediction, post-processing, scoring): the radiomics of the tiny workflow take about half of its CPU time and
+run unchanged in ``tiny_run``. On the 2-core CI node the group jobs run one after the other (each asks for
+both CPUs).
 
 Needs root (packages, daemons). Outside CI without root the module is skipped with the reason;
 in CI (``CI=true``) that is an error. ``MEDPIPE_SKIP_SLURM=1`` skips it explicitly.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,57 +30,37 @@ from pathlib import Path
 import pytest
 
 from medpipe.audit.verify import diff_runs
-from tests.workflow.conftest import BIN, REPO, snakemake_cmd
+from tests.workflow import slurm_cluster
+from tests.workflow.conftest import REPO, snakemake_cmd
+from tests.workflow.slurm_cluster import PROFILES, SlurmRunner, targets, unavailable_reason
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
-
-UP = REPO / ".ci" / "slurm" / "up.sh"
-DOWN = REPO / ".ci" / "slurm" / "down.sh"
-PROFILES = (
-    "--workflow-profile",
-    "none",
-    "--profile",
-    str(REPO / "profiles" / "slurm"),
-    "--profile",
-    str(REPO / "profiles" / "slurm-ci"),
-)
-#: Wall-clock limits (s): cluster start including a first package install, and the workflow run.
-UP_TIMEOUT = 300
-RUN_TIMEOUT = 1800
 
 _SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 _RUN_ID = re.compile(r"SLURM run ID: (\S+)")
 
 
-def _unavailable_reason() -> str | None:
-    if os.environ.get("MEDPIPE_SKIP_SLURM") == "1":
-        return "MEDPIPE_SKIP_SLURM=1"
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "the local SLURM cluster needs root (Debian packages, daemons started by hand)"
-    if shutil.which("dpkg-query") is None:
-        return "the local SLURM cluster needs a Debian/Ubuntu system (apt)"
-    return None
-
-
 @pytest.fixture(scope="module")
-def slurm_env() -> Iterator[dict[str, str]]:
-    """Environment for SLURM clients while a local cluster is up; stops the cluster afterwards."""
-    reason = _unavailable_reason()
+def slurm_runner() -> Iterator[SlurmRunner]:
+    """The SLURM run started in the background after collection (slurm_cluster), joined; the cluster is
+    stopped after this module."""
+    reason = unavailable_reason()
     if reason is not None:
         if os.environ.get("CI", "").lower() == "true" and os.environ.get("MEDPIPE_SKIP_SLURM") != "1":
             pytest.fail(f"SLURM test cannot run in CI: {reason}")
         pytest.skip(reason)
-    state = Path(os.environ.get("MEDPIPE_SLURM_DIR", "/tmp/medpipe-slurm"))
-    env = dict(os.environ, MEDPIPE_SLURM_DIR=str(state))
+    runner = slurm_cluster.RUNNER or SlurmRunner().start()
     try:
-        up = subprocess.run(["timeout", str(UP_TIMEOUT), str(UP)], env=env, capture_output=True, text=True, check=False)
-        if up.returncode != 0:
-            pytest.fail(f"{UP} failed ({up.returncode}):\n{up.stdout[-3000:]}\n{up.stderr[-5000:]}")
-        env["SLURM_CONF"] = str(state / "etc" / "slurm.conf")
-        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-        yield env
+        yield runner.wait()
     finally:
-        subprocess.run(["timeout", "60", str(DOWN)], env=env, capture_output=True, text=True, check=False)
+        runner.stop()
+        slurm_cluster.RUNNER = None
+
+
+@pytest.fixture(scope="module")
+def slurm_env(slurm_runner: SlurmRunner) -> dict[str, str]:
+    """Environment for SLURM clients while the local cluster is up."""
+    return slurm_runner.env
 
 
 @dataclass(frozen=True)
@@ -94,30 +74,15 @@ class SlurmRun:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm_env: dict[str, str], tiny_workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> SlurmRun:
+def slurm_run(slurm_runner: SlurmRunner) -> SlurmRun:
     """The tiny workflow run to completion through SLURM in a fresh copy of the tiny cohort."""
-    workdir = tmp_path_factory.mktemp("slurm")
-    shutil.copytree(tiny_workdir / "resources", workdir / "resources")
-    cmd = ["timeout", "-k", "30", str(RUN_TIMEOUT), *snakemake_cmd(workdir, *PROFILES, *_targets(workdir))]
-    proc = subprocess.run(cmd, cwd=REPO, env=slurm_env, capture_output=True, text=True, check=False)
-    output = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        pytest.fail(f"SLURM run failed ({proc.returncode}):\n{output[-8000:]}")
+    if slurm_runner.error:
+        pytest.fail(slurm_runner.error)
+    output = slurm_runner.output
     run_ids = _RUN_ID.findall(output)
     jobs = {job_id: Path(log) for job_id, log in _SUBMITTED.findall(output)}
     assert len(run_ids) == 1, f"expected one SLURM run ID in the output, found {run_ids}"
-    return SlurmRun(workdir, output, run_ids[0], jobs)
-
-
-def _targets(workdir: Path) -> list[str]:
-    """Everything up to the evaluation summary and each subject's DICOM-SEG export."""
-    sheet = (workdir / "resources/demo/subjects.tsv").read_text().splitlines()[1:]
-    subjects = [line.split("\t")[0] for line in sheet if line.strip()]
-    assert subjects
-    return [
-        "results/evaluate/summary.tsv",
-        *(f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.dcm" for s in subjects),
-    ]
+    return SlurmRun(slurm_runner.workdir, output, run_ids[0], jobs)
 
 
 def _job_stats(output: str) -> dict[str, int]:
@@ -187,7 +152,7 @@ def test_results_equal_the_local_run(slurm_run: SlurmRun, tiny_run: Path) -> Non
 
 def test_slurm_rerun_has_nothing_to_do(slurm_run: SlurmRun, slurm_env: dict[str, str]) -> None:
     proc = subprocess.run(
-        ["timeout", "120", *snakemake_cmd(slurm_run.workdir, *PROFILES, "-n", *_targets(slurm_run.workdir))],
+        ["timeout", "120", *snakemake_cmd(slurm_run.workdir, *PROFILES, "-n", *targets(slurm_run.workdir))],
         cwd=REPO,
         env=slurm_env,
         capture_output=True,
