@@ -108,8 +108,10 @@ class Phase2Config:
     setting: str  # the filter in words
     recorded: Status
     recorded_within: int | None = None  # features within tolerance, pyradiomics as medpipe runs it
+    recorded_corrected: int | None = None  # LoG: the same after dividing the map by its sigma^2 factor
     reason: str = ""  # why not expressible / not offered
     sigma_mm: float | None = None  # LoG
+    level: int = 1  # wavelet decomposition level
 
     @property
     def dims(self) -> Literal[2, 3]:
@@ -143,7 +145,7 @@ CONFIGS: tuple[Phase2Config, ...] = (
         "LoG, sigma 1.5 mm, cut-off 4 sigma",
         sigma_mm=1.5,
         a={"recorded": "not expressible", "reason": _LOG_2D},
-        b={"recorded": "fail", "recorded_within": 3},
+        b={"recorded": "fail", "recorded_within": 3, "recorded_corrected": 15},
     ),
     *_pair(
         4,
@@ -165,7 +167,8 @@ CONFIGS: tuple[Phase2Config, ...] = (
         "wavelet",
         ("wavelet db3 HH, level 2, rotation invariant", "wavelet db3 HHH, level 2, rotation invariant"),
         recorded="not expressible",
-        reason=_NO_INVARIANCE + "; level 2: no a trous dilation (pyradiomics repeats the level-1 filters)",
+        level=2,
+        reason=_NO_INVARIANCE + ", and at level 2 no a trous dilation (pyradiomics repeats the level-1 filters)",
     ),
     *_pair(
         8, "simoncelli", "Simoncelli wavelet, level 1", recorded="not offered", reason=_NOT_OFFERED.format("Simoncelli")
