@@ -196,3 +196,15 @@ def test_unknown_image_types_are_labelled_not_hidden(image_type: str, caplog: py
     assert (got[image_type].filter, got[image_type].compliance) == (f"unknown image type ({image_type})", NOT_ASSESSED)
     assert (got["original"].filter, got["original"].compliance) == (ORIGINAL_FILTER, ORIGINAL_COMPLIANCE)
     assert image_type in caplog.text
+
+
+def test_docs_state_the_labels_of_the_params_files() -> None:
+    """docs/IBSI2.md's feature-table example is what labels() gives for mr.yaml today."""
+    doc = (REPO / "docs" / "IBSI2.md").read_text()
+    params, ibsi = load_params(PARAMS["mr"])
+    got = labels(filter_configs(params, ibsi.spacing_mm), params, ibsi.spacing_mm)
+    for name in ("log-sigma-2-0-mm-3D", "log-sigma-4-0-mm-3D"):
+        assert f"| {name} | {got[name].filter} | {got[name].compliance} |" in doc
+    assert f"| {got['wavelet-HHL'].compliance} |" in doc
+    level2 = labels(["wavelet-HHL"], {"imageType": {"Wavelet": {"start_level": 1}}, "setting": {}})["wavelet-HHL"]
+    assert f"`{level2.compliance}`" in doc
