@@ -100,8 +100,10 @@ def test_pipeline_mr_params_run(tmp_path: Path) -> None:
         assert set(rows["ibsi2_filter"]) == {expected[image_type].filter}
         assert set(rows["ibsi2_compliance"]) == {expected[image_type].compliance}
     compliance = table.drop_duplicates("image_type").set_index("image_type")["ibsi2_compliance"]
-    assert compliance["original"] == "n/a (no filter)" and compliance["wavelet-HHL"] == "compliant (5.A.1, 6.A.1)"
-    assert compliance["log-sigma-4-0-mm-3D"].startswith("non-compliant (2.A: fails")
+    assert compliance["original"] == "n/a (no filter)"
+    assert compliance["wavelet-HHL"].startswith("compliant (phase 1: 5.A.1, 6.A.1; phase 2: 6.B not expressible")
+    assert compliance["log-sigma-4-0-mm-3D"].startswith("non-compliant (phase 1: 2.A: fails")
+    assert "phase 2: 3.B fails, 3/18 features within tolerance" in compliance["log-sigma-4-0-mm-3D"]
 
 
 def test_geometry_mismatch_names_subject_and_files(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medpipe.radiomics import ibsi2
+from medpipe.radiomics import ibsi2, ibsi2_phase2
 from medpipe.radiomics.extract import load_params
 from medpipe.radiomics.ibsi2_labels import (
     NOT_ASSESSED,
@@ -27,6 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 PARAMS = {name: REPO / "config" / "radiomics" / f"{name}.yaml" for name in ("mr", "ct")}
 BANDS = ["HHH", "HHL", "HLH", "HLL", "LHH", "LHL", "LLH", "LLL"]
 LEVEL_1 = "wavelet coif1 {} level 1 3D, periodic, not rotation invariant"
+NO_INVARIANCE = "rotation invariance (mean pooling over rotations): pyradiomics has none"
+COMPLIANT_L1 = f"compliant (phase 1: 5.A.1, 6.A.1; phase 2: 6.B not expressible, {NO_INVARIANCE})"
+LOG_PHASE2 = (
+    "phase 2: 3.B fails, 3/18 features within tolerance (15/18 after dividing the map by its (sigma/spacing)^2 = 2.25)"
+)
 
 
 def _flip(test_id: str, status: ibsi2.Status) -> tuple[ibsi2.Ibsi2Test, ...]:
@@ -59,12 +64,13 @@ def test_every_image_type_of_the_params_files_is_labelled(name: str) -> None:
     assert (got["original"].filter, got["original"].compliance) == ("none", "n/a (no filter)")
     for band in BANDS:
         assert got[f"wavelet-{band}"].filter == LEVEL_1.format(band)
-        assert got[f"wavelet-{band}"].compliance == "compliant (5.A.1, 6.A.1)"
+        assert got[f"wavelet-{band}"].compliance == COMPLIANT_L1
     for sigma, factor in (("2", "(sigma/spacing)^2 is 1 here as sigma equals the 2 mm spacing"), ("4", "= 4 times")):
         log = got[f"log-sigma-{sigma}-0-mm-3D"]
         assert log.filter == f"LoG sigma={sigma}.0mm 3D, nearest"
-        assert log.compliance.startswith("non-compliant (2.A: fails, its sigma^2 scale normalisation")
+        assert log.compliance.startswith("non-compliant (phase 1: 2.A: fails, its sigma^2 scale normalisation")
         assert factor in log.compliance and "kernel approximation also fails" in log.compliance
+        assert log.compliance.endswith(f"; {LOG_PHASE2})")
 
 
 def test_statuses_come_from_the_tests_table(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,16 +78,42 @@ def test_statuses_come_from_the_tests_table(monkeypatch: pytest.MonkeyPatch) -> 
     types = ["log-sigma-2-0-mm-3D", "wavelet-HHL"]
     recorded = {t.test_id: t.recorded for t in ibsi2.TESTS}
     assert (recorded["2.A"], recorded["5.A.1"], recorded["6.A.1"]) == ("fail", "pass", "pass")
-    monkeypatch.setattr(ibsi2, "TESTS", _flip("2.A", "pass"))
-    assert labels(types, params, ibsi.spacing_mm)["log-sigma-2-0-mm-3D"].compliance == "compliant (2.A)"
+    monkeypatch.setattr(ibsi2, "TESTS", _flip("2.A", "pass"))  # phase 2 (3.B fails) still makes it non-compliant
+    log = labels(types, params, ibsi.spacing_mm)["log-sigma-2-0-mm-3D"].compliance
+    assert log == f"non-compliant (phase 1: 2.A; {LOG_PHASE2})"
     monkeypatch.setattr(ibsi2, "TESTS", _flip("6.A.1", "fail"))
     wavelet = labels(types, params, ibsi.spacing_mm)["wavelet-HHL"]
-    assert wavelet.compliance == "non-compliant (6.A.1: fails, beyond 1 % of the reference map; passes 5.A.1)"
+    assert wavelet.compliance == (
+        "non-compliant (phase 1: 6.A.1: fails, beyond 1 % of the reference map; passes 5.A.1; "
+        f"phase 2: 6.B not expressible, {NO_INVARIANCE})"
+    )
     assert wavelet.filter == LEVEL_1.format("HHL")  # the filter text does not depend on the results
     # an explicit table wins over the module's
     monkeypatch.undo()
     explicit = labels(types, params, ibsi.spacing_mm, tests=_flip("5.A.1", "fail"))["wavelet-HHL"].compliance
-    assert explicit == "non-compliant (5.A.1: fails, beyond 1 % of the reference map; passes 6.A.1)"
+    assert explicit.startswith("non-compliant (phase 1: 5.A.1: fails, beyond 1 % of the reference map; passes 6.A.1;")
+
+
+def _flip2(filter_id: str, **changes: Any) -> tuple[ibsi2_phase2.Phase2Config, ...]:
+    assert filter_id in ibsi2_phase2.BY_ID
+    return tuple(dataclasses.replace(c, **changes) if c.filter_id == filter_id else c for c in ibsi2_phase2.CONFIGS)
+
+
+def test_phase2_results_come_from_the_phase2_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    params, ibsi = load_params(PARAMS["mr"])
+    types = ["log-sigma-2-0-mm-3D", "wavelet-HHL"]
+    monkeypatch.setattr(ibsi2, "TESTS", _flip("2.A", "pass"))
+    passing = _flip2("3.B", recorded="pass", recorded_within=16, recorded_corrected=None)
+    got = labels(types, params, ibsi.spacing_mm, phase2=passing)
+    assert (
+        got["log-sigma-2-0-mm-3D"].compliance
+        == "compliant (phase 1: 2.A; phase 2: 3.B passes, 16/18 features within tolerance)"
+    )
+    failing = _flip2("6.B", recorded="fail", recorded_within=12, reason="")
+    monkeypatch.setattr(ibsi2_phase2, "CONFIGS", failing)  # the module's table is read at call time
+    wavelet = labels(types, params, ibsi.spacing_mm)["wavelet-HHL"].compliance
+    assert wavelet == "non-compliant (phase 1: 5.A.1, 6.A.1; phase 2: 6.B fails, 12/18 features within tolerance)"
+    assert labels(types, params, ibsi.spacing_mm, phase2=())["wavelet-HHL"].compliance == "compliant (5.A.1, 6.A.1)"
 
 
 def test_the_covering_rules() -> None:
@@ -112,9 +144,13 @@ def test_levels_above_one_are_not_expressible(wavelet: dict[str, Any], expected_
     for name, level in expected_levels.items():
         assert f" level {level} 3D, periodic, not rotation invariant" in got[name].filter
         if level == 1:
-            assert got[name].compliance == "compliant (5.A.1, 6.A.1)"
+            assert got[name].compliance == COMPLIANT_L1
         else:
-            assert got[name].compliance.startswith("non-compliant (7.A.1, 7.A.2: not expressible, no a trous")
+            assert got[name].compliance.startswith("non-compliant (phase 1: 7.A.1, 7.A.2: not expressible, no a trous")
+            assert got[name].compliance.endswith(
+                f"; phase 2: 7.B not expressible, {NO_INVARIANCE}, and at level 2 no a trous dilation (pyradiomics "
+                "repeats the level-1 filters))"
+            )
             assert f"no a trous dilation at level {level}" in got[name].compliance
             assert "no rotation invariance" in got[name].compliance
 
@@ -124,7 +160,10 @@ def test_2d_wavelets_and_other_spacings() -> None:
     assert set(filter_configs(params)) == _pyradiomics_names(params)  # LoG stays 3D under force2D
     got = labels(["wavelet-HL", "log-sigma-3-mm-3D"], params, (2.0, 2.0, 3.0))
     assert got["wavelet-HL"].filter == "wavelet coif1 HL level 1 2D, periodic, not rotation invariant"
-    assert got["wavelet-HL"].compliance == f"{NOT_ASSESSED} (no IBSI-2 phase-1 test of a 2D wavelet at level 1)"
+    assert got["wavelet-HL"].compliance == (
+        f"{NOT_ASSESSED} (no IBSI-2 phase-1 test of a 2D wavelet at level 1; "
+        f"phase 2: 6.A not expressible, {NO_INVARIANCE})"
+    )
     assert got["log-sigma-3-mm-3D"].filter == "LoG sigma=3.0mm 3D, nearest"
     assert (
         "(sigma/spacing)^2 = 2.25 / 2.25 / 1 along x / y / z (2x2x3 mm spacing)" in got["log-sigma-3-mm-3D"].compliance
@@ -157,3 +196,15 @@ def test_unknown_image_types_are_labelled_not_hidden(image_type: str, caplog: py
     assert (got[image_type].filter, got[image_type].compliance) == (f"unknown image type ({image_type})", NOT_ASSESSED)
     assert (got["original"].filter, got["original"].compliance) == (ORIGINAL_FILTER, ORIGINAL_COMPLIANCE)
     assert image_type in caplog.text
+
+
+def test_docs_state_the_labels_of_the_params_files() -> None:
+    """docs/IBSI2.md's feature-table example is what labels() gives for mr.yaml today."""
+    doc = (REPO / "docs" / "IBSI2.md").read_text()
+    params, ibsi = load_params(PARAMS["mr"])
+    got = labels(filter_configs(params, ibsi.spacing_mm), params, ibsi.spacing_mm)
+    for name in ("log-sigma-2-0-mm-3D", "log-sigma-4-0-mm-3D"):
+        assert f"| {name} | {got[name].filter} | {got[name].compliance} |" in doc
+    assert f"| {got['wavelet-HHL'].compliance} |" in doc
+    level2 = labels(["wavelet-HHL"], {"imageType": {"Wavelet": {"start_level": 1}}, "setting": {}})["wavelet-HHL"]
+    assert f"`{level2.compliance}`" in doc

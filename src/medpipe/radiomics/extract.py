@@ -12,7 +12,7 @@ source, image (the sequence the features are of), pyradiomics version, settings 
 sha256), the raw pyradiomics value (``value``) and, where the feature maps to IBSI-1, its code, name and
 IBSI-compliant value (``ibsi_value``, see :mod:`medpipe.radiomics.ibsi`). Rows of kind ``ibsi-derived`` hold
 IBSI features that pyradiomics does not report under that name (e.g. GLCM dissimilarity); they have no raw
-value. Every row also names the IBSI-2 filter of its image and its phase-1 compliance (``ibsi2_filter``,
+value. Every row also names the IBSI-2 filter of its image and its IBSI-2 compliance (phases 1 and 2; ``ibsi2_filter``,
 ``ibsi2_compliance``, from the params that ran, see :mod:`medpipe.radiomics.ibsi2_labels`); filtered images that
 cannot be made compliant are labelled so, not left out.
 """

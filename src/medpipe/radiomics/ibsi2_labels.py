@@ -1,4 +1,4 @@
-"""IBSI-2 labels of the feature table: the filter behind each image type, and what the phase-1 tests say of it.
+"""IBSI-2 labels of the feature table: the filter behind each image type, and what IBSI-2 phases 1 and 2 say of it.
 
 Two columns of the feature table (:data:`medpipe.radiomics.extract.COLUMNS`) come from here:
 
@@ -9,10 +9,12 @@ Two columns of the feature table (:data:`medpipe.radiomics.extract.COLUMNS`) com
 * ``ibsi2_compliance``: ``n/a (no filter)`` for the original image (not a bare ``n/a``, which pandas reads as a
   missing value); ``compliant (5.A.1, 6.A.1)`` when every phase-1 test covering the configuration passes;
   ``non-compliant (<ids>: <reason>; ...)`` naming the tests that fail or that pyradiomics cannot express;
-  ``not assessed`` where no phase-1 test covers the image type.
+  ``not assessed`` where no phase-1 test covers the image type. Where a phase-2 configuration covers it
+  (rule 5), the text names both: ``compliant (phase 1: 5.A.1, 6.A.1; phase 2: 6.B not expressible, ...)``.
 
-Which tests cover a configuration is read from :data:`medpipe.radiomics.ibsi2.TESTS` and their recorded status at
-call time (one source; nothing here restates a result). A test covers a pyradiomics filter when
+Which tests cover a configuration is read from :data:`medpipe.radiomics.ibsi2.TESTS` and
+:data:`medpipe.radiomics.ibsi2_phase2.CONFIGS` and their recorded results at call time (one source each; nothing
+here restates a result). A test covers a pyradiomics filter when
 
 1. it tests the same family (``log``, ``wavelet``) and dimensionality (pyradiomics' LoG is 3D only; a wavelet is 2D
    under ``force2D``);
@@ -22,12 +24,18 @@ call time (one source; nothing here restates a result). A test covers a pyradiom
 3. its rotation invariance is the configuration's (pyradiomics has none), unless no test of that family and level
    has it: IBSI tests level 2 only rotation invariant (7.A.x), and those tests then stand for the level;
 4. its padding is pyradiomics' (:data:`medpipe.radiomics.ibsi2.PYRADIOMICS_PADDING`) or the test was run (recorded
-   pass or fail: the paddings agree on that phantom), unless that leaves none (7.A.x again).
+   pass or fail: the paddings agree on that phantom), unless that leaves none (7.A.x again);
+5. a phase-2 configuration (:data:`medpipe.radiomics.ibsi2_phase2.CONFIGS`, the CT-phantom features) covers a
+   configuration of the same family and dimensionality, for wavelets of the same level (levels >= 2 together).
+   One that was run and fails makes the configuration non-compliant; one that pyradiomics cannot express is named
+   but does not change the phase-1 verdict: every phase-2 wavelet is rotation invariant, a filter pyradiomics
+   (so medpipe) never computes, so it does not test medpipe's wavelets.
 
 The filter position and the wavelet name do not restrict the tests: they check the filter bank, the axis order of
 the sub-band letters, the undecimated transform and the border, which are the same for every position and wavelet
 (6.A.1 uses coif1 HHL, the wavelet of ``mr.yaml`` and ``ct.yaml``). So pyradiomics' level-1 wavelets are covered by
-5.A.1 and 6.A.1 (pass), levels >= 2 by 7.A.1 and 7.A.2 (not expressible), the LoG by 2.A (fail).
+5.A.1 and 6.A.1 (pass), levels >= 2 by 7.A.1 and 7.A.2 (not expressible), the LoG by 2.A (fail); in phase 2 the
+LoG by 3.B (fails), the 3D wavelets by 6.B (level 1) and 7.B (not expressible).
 """
 
 from __future__ import annotations
@@ -40,8 +48,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from medpipe.radiomics import ibsi2
+from medpipe.radiomics import ibsi2, ibsi2_phase2
 from medpipe.radiomics.ibsi2 import Ibsi2Test, Padding
+from medpipe.radiomics.ibsi2_phase2 import Phase2Config
 
 logger = logging.getLogger(__name__)
 
@@ -198,15 +207,37 @@ def _reason(test: Ibsi2Test, config: FilterConfig) -> str:
     return f"{test.recorded}, {', '.join(lacking)}" if lacking else f"{test.recorded} with pyradiomics"
 
 
-def compliance(config: FilterConfig, tests: Iterable[Ibsi2Test] | None = None) -> str:
-    """``compliant (...)``, ``non-compliant (...)`` or ``not assessed (...)`` for one filter configuration."""
+def covering_phase2(config: FilterConfig, phase2: Iterable[Phase2Config] | None = None) -> list[Phase2Config]:
+    """The phase-2 configurations that cover ``config`` (rule 5 of the module docstring)."""
+    pool = ibsi2_phase2.CONFIGS if phase2 is None else phase2
+    same = [c for c in pool if c.family == config.family and c.dims == config.dims]
+    if config.family == "wavelet":
+        same = [c for c in same if c.level == config.level or min(c.level, config.level) >= 2]
+    return same
+
+
+def _phase2_text(config: Phase2Config) -> str:
+    """One phase-2 result, without semicolons: ``3.B 3/18 within tolerance (...)`` or ``6.B not expressible (...)``."""
+    if config.recorded_within is None:
+        return f"{config.filter_id} {config.recorded}, {config.reason}"
+    n = len(ibsi2_phase2.FEATURE_CODES)
+    verb = "passes" if config.recorded == "pass" else "fails"
+    text = f"{config.filter_id} {verb}, {config.recorded_within}/{n} features within tolerance"
+    if config.recorded_corrected is not None:
+        factor = ibsi2_phase2.log_factor(config)
+        text += f" ({config.recorded_corrected}/{n} after dividing the map by its (sigma/spacing)^2 = {factor:g})"
+    return text
+
+
+def _phase1(config: FilterConfig, tests: Iterable[Ibsi2Test] | None) -> tuple[str, str]:
+    """Phase-1 verdict (``compliant``, ``non-compliant``, ``not assessed``) and what it rests on."""
     covering = covering_tests(config, tests)
     if not covering:
         level = f" at level {config.level}" if config.family == "wavelet" else ""
-        return f"{NOT_ASSESSED} (no IBSI-2 phase-1 test of a {config.dims}D {FAMILY_NAMES[config.family]}{level})"
+        return NOT_ASSESSED, f"no IBSI-2 phase-1 test of a {config.dims}D {FAMILY_NAMES[config.family]}{level}"
     passed = [t.test_id for t in covering if t.recorded == "pass"]
     if len(passed) == len(covering):
-        return f"compliant ({', '.join(passed)})"
+        return "compliant", ", ".join(passed)
     by_reason: dict[str, list[str]] = {}
     for test in covering:
         if test.recorded != "pass":
@@ -214,10 +245,34 @@ def compliance(config: FilterConfig, tests: Iterable[Ibsi2Test] | None = None) -
     parts = [f"{', '.join(ids)}: {reason}" for reason, ids in by_reason.items()]
     if passed:
         parts.append(f"passes {', '.join(passed)}")
-    return f"non-compliant ({'; '.join(parts)})"
+    return "non-compliant", "; ".join(parts)
 
 
-def label(image_type: str, configs: Mapping[str, FilterConfig], tests: Iterable[Ibsi2Test] | None = None) -> Ibsi2Label:
+def compliance(
+    config: FilterConfig, tests: Iterable[Ibsi2Test] | None = None, phase2: Iterable[Phase2Config] | None = None
+) -> str:
+    """``compliant (...)``, ``non-compliant (...)`` or ``not assessed (...)`` for one filter configuration.
+
+    Phase 1 (``tests``, :data:`medpipe.radiomics.ibsi2.TESTS` when None) gives the verdict; a covering phase-2
+    configuration that was run and fails (``phase2``, :data:`medpipe.radiomics.ibsi2_phase2.CONFIGS` when None)
+    makes it non-compliant. Both are named when phase 2 covers the configuration.
+    """
+    verdict, basis = _phase1(config, tests)
+    covering = covering_phase2(config, phase2)
+    if not covering:
+        return f"{verdict} ({basis})"
+    if verdict == "compliant" and any(c.recorded == "fail" for c in covering):
+        verdict = "non-compliant"
+    prefix = "" if verdict == NOT_ASSESSED else "phase 1: "
+    return f"{verdict} ({prefix}{basis}; phase 2: {', '.join(_phase2_text(c) for c in covering)})"
+
+
+def label(
+    image_type: str,
+    configs: Mapping[str, FilterConfig],
+    tests: Iterable[Ibsi2Test] | None = None,
+    phase2: Iterable[Phase2Config] | None = None,
+) -> Ibsi2Label:
     """The IBSI-2 columns of the rows of one image type, given the :func:`filter_configs` of the params that ran."""
     if image_type == "original":
         return Ibsi2Label(ORIGINAL_FILTER, ORIGINAL_COMPLIANCE)
@@ -227,7 +282,7 @@ def label(image_type: str, configs: Mapping[str, FilterConfig], tests: Iterable[
     if config is None:
         logger.warning("image type %r is not one the params' imageType section yields; IBSI-2 not assessed", image_type)
         return Ibsi2Label(f"unknown image type ({image_type})", NOT_ASSESSED)
-    return Ibsi2Label(config.describe(), compliance(config, tests))
+    return Ibsi2Label(config.describe(), compliance(config, tests, phase2))
 
 
 def labels(
@@ -235,6 +290,7 @@ def labels(
     params: Mapping[str, Any],
     spacing_mm: Sequence[float] | None = None,
     tests: Iterable[Ibsi2Test] | None = None,
+    phase2: Iterable[Phase2Config] | None = None,
 ) -> dict[str, Ibsi2Label]:
     """IBSI-2 labels of ``image_types`` computed with ``params`` on a grid of ``spacing_mm`` (x, y, z).
 
@@ -248,6 +304,8 @@ def labels(
         Voxel spacing the filters ran on (the resampled grid); None when not known.
     tests
         Phase-1 tests with their recorded status; :data:`medpipe.radiomics.ibsi2.TESTS` when None.
+    phase2
+        Phase-2 configurations with their recorded results; :data:`medpipe.radiomics.ibsi2_phase2.CONFIGS` when None.
 
     Returns
     -------
@@ -256,4 +314,5 @@ def labels(
     """
     configs = filter_configs(params, spacing_mm)
     pool = list(ibsi2.TESTS if tests is None else tests)
-    return {name: label(name, configs, pool) for name in sorted(set(image_types))}
+    pool2 = list(ibsi2_phase2.CONFIGS if phase2 is None else phase2)
+    return {name: label(name, configs, pool, pool2) for name in sorted(set(image_types))}
