@@ -138,7 +138,7 @@ def campaign(strategy: str, args, split: dict, settings: dict, prepared: dict, f
                 "model",
                 labelled,
                 prepared,
-                round_training_settings(settings, lab, str(model)),
+                round_training_settings(settings, lab["fine_tune"], str(model)),
                 args.seed,
                 args.threads,
             )

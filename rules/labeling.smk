@@ -27,7 +27,7 @@ rule labeling_train:
         subjects=get_labeling_train_subjects,
         n_sequences=len(SEQUENCES),
         settings=config["segmentation"],
-        labeling=config["labeling"],
+        fine_tune=config["labeling"]["fine_tune"],
         seed=config["seed"],
         deterministic=config["deterministic"],
     script:

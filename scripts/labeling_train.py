@@ -18,7 +18,7 @@ with script_logging(snakemake.log[0]):
         snakemake.output.plot,
         subjects=list(snakemake.params.subjects),
         fold=int(snakemake.wildcards.round),
-        settings=round_training_settings(segmentation, snakemake.params.labeling, snakemake.input.get("init")),
+        settings=round_training_settings(segmentation, snakemake.params.fine_tune, snakemake.input.get("init")),
         seed=snakemake.params.seed,
         deterministic=snakemake.params.deterministic,
         threads=snakemake.threads,

@@ -51,11 +51,11 @@ def test_simulation_needs_a_label_for_every_candidate():
 def test_later_rounds_fine_tune_from_the_previous_model_with_their_own_schedule():
     seg = with_defaults({"train": {"epochs": 40, "learning_rate": 0.01}}, "segmentation")
     lab = with_defaults({"rounds": 2, "fine_tune": {"epochs": 5, "learning_rate": 0.001}}, "labeling")
-    first = round_training_settings(seg, lab, None)
+    first = round_training_settings(seg, lab["fine_tune"], None)
     assert first == seg and first is not seg
-    later = round_training_settings(seg, lab, "results/labeling/round-0/model.pt")
+    later = round_training_settings(seg, lab["fine_tune"], "results/labeling/round-0/model.pt")
     assert later["train"]["init_checkpoint"] == "results/labeling/round-0/model.pt"
     assert (later["train"]["epochs"], later["train"]["learning_rate"]) == (5, 0.001)
     assert seg["train"]["init_checkpoint"] is None  # the segmentation settings are not changed
-    keep = round_training_settings(seg, with_defaults({"rounds": 2}, "labeling"), "m.pt")
+    keep = round_training_settings(seg, with_defaults({"rounds": 2}, "labeling")["fine_tune"], "m.pt")
     assert (keep["train"]["epochs"], keep["train"]["learning_rate"]) == (40, 0.01)

@@ -109,3 +109,13 @@ def test_three_rounds_with_corrections_dropped_in(tiny_run: Path, tmp_path: Path
     w_fresh = np.concatenate([v.numpy().ravel() for k, v in sorted(fresh.items()) if v.is_floating_point()])
     assert np.corrcoef(w2, w1)[0, 1] > 0.99 and not np.array_equal(w2, w1)  # started from round 1, then trained
     assert abs(np.corrcoef(w2, w_fresh)[0, 1]) < 0.5 and np.corrcoef(w1, w0)[0, 1] > 0.99
+
+    # Simulation mode on the same campaign: the sheet's labels become the corrections (no corrections folder).
+    cfg = yaml.safe_load(config.read_text())
+    cfg["labeling"]["mode"] = "simulate"
+    simulate = tmp_path / "simulate.yaml"
+    simulate.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    dry = run(snakemake_cmd(work, "--cores", "1", "-n", TARGET, configfile=simulate))
+    planned = dry.stdout + dry.stderr
+    assert "rule labeling_accept:" in planned and "waits for corrections" not in planned
+    assert f"input: results/convert/sub-{first_batch}/sub-{first_batch}_desc-human_mask.nii.gz" in planned

@@ -150,17 +150,19 @@ def campaign_from_config(
 
 
 def round_training_settings(
-    segmentation: Mapping[str, Any], labeling: Mapping[str, Any], init_model: str | None
+    segmentation: Mapping[str, Any], fine_tune: Mapping[str, Any], init_model: str | None
 ) -> dict[str, Any]:
     """``config["segmentation"]`` for one round's training.
 
     Round 0 (``init_model`` None) trains as configured. A later round with ``labeling.fine_tune.enabled``
     starts from ``init_model`` (``segmentation.train.init_checkpoint``) with the fine-tune schedule
-    (``epochs``, ``learning_rate``; null keeps the segmentation value).
+    ``fine_tune`` (``labeling.fine_tune``: ``epochs``, ``learning_rate``; null keeps the segmentation value).
+    Only this part of the labeling settings reaches the training job, so changing the selection strategy or the
+    mode does not retrain a round.
     """
     if init_model is None:
         return deep_merge(dict(segmentation), {})
-    tune = labeling["fine_tune"]
+    tune = fine_tune
     train: dict[str, Any] = {"init_checkpoint": str(init_model)}
     if tune.get("epochs") is not None:
         train["epochs"] = int(tune["epochs"])
