@@ -92,15 +92,18 @@ def test_pipeline_mr_params_run(tmp_path: Path) -> None:
     assert sum(t.startswith("log-sigma") for t in types) >= 2
     assert np.isfinite(table.loc[table["kind"] == "pyradiomics", "value"]).all()
     # every row, ibsi-derived ones included, names its IBSI-2 filter and compliance (none read as missing)
-    columns = ["ibsi2_filter", "ibsi2_compliance"]
+    columns = ["ibsi2_code", "ibsi2_filter", "ibsi2_compliance"]
     assert table[columns].notna().all().all() and (table[columns] != "").all().all()
     params, ibsi = load_params(MR_PARAMS)
     expected = labels(types, params, ibsi.spacing_mm)
     for image_type, rows in table.groupby("image_type"):
         assert set(rows["ibsi2_filter"]) == {expected[image_type].filter}
+        assert set(rows["ibsi2_code"]) == {expected[image_type].code}
         assert set(rows["ibsi2_compliance"]) == {expected[image_type].compliance}
     compliance = table.drop_duplicates("image_type").set_index("image_type")["ibsi2_compliance"]
     assert compliance["original"] == "n/a (no filter)"
+    codes = table.drop_duplicates("image_type").set_index("image_type")["ibsi2_code"]
+    assert (codes["original"], codes["wavelet-HHL"], codes["log-sigma-4-0-mm-3D"]) == ("none", "25BO", "L6PA")
     assert compliance["wavelet-HHL"].startswith("compliant (phase 1: 5.A.1, 6.A.1; phase 2: 6.B not expressible")
     assert compliance["log-sigma-4-0-mm-3D"].startswith("non-compliant (phase 1: 2.A: fails")
     assert "phase 2: 3.B fails, 3/18 features within tolerance" in compliance["log-sigma-4-0-mm-3D"]
@@ -202,9 +205,11 @@ def test_collect_sorts_and_checks(tmp_path: Path) -> None:
     )
     with pytest.raises(DataError, match="feature tables of image T1w mix settings_hash"):
         collect([*tables, odd], tmp_path / "bad.tsv")
-    old = pd.read_csv(tables[0], sep="\t", dtype=str).drop(columns=["ibsi2_filter", "ibsi2_compliance"])
+    old = pd.read_csv(tables[0], sep="\t", dtype=str).drop(columns=["ibsi2_code", "ibsi2_filter", "ibsi2_compliance"])
     old.to_csv(tmp_path / "old.tsv", sep="\t", index=False)
-    with pytest.raises(DataError, match=r"lacks columns \['ibsi2_filter', 'ibsi2_compliance'\].*--forcerun radiomics"):
+    with pytest.raises(
+        DataError, match=r"lacks columns \['ibsi2_code', 'ibsi2_filter', 'ibsi2_compliance'\].*--forcerun radiomics"
+    ):
         collect([tmp_path / "old.tsv"], tmp_path / "bad.tsv")
 
 

@@ -14,6 +14,9 @@ import SimpleITK as sitk
 from medpipe.radiomics import ibsi2, ibsi2_phase2
 from medpipe.radiomics.extract import load_params
 from medpipe.radiomics.ibsi2_labels import (
+    FAMILY_NAMES,
+    FILTER_CODES,
+    NO_CODE,
     NOT_ASSESSED,
     ORIGINAL_COMPLIANCE,
     ORIGINAL_FILTER,
@@ -204,7 +207,18 @@ def test_docs_state_the_labels_of_the_params_files() -> None:
     params, ibsi = load_params(PARAMS["mr"])
     got = labels(filter_configs(params, ibsi.spacing_mm), params, ibsi.spacing_mm)
     for name in ("log-sigma-2-0-mm-3D", "log-sigma-4-0-mm-3D"):
-        assert f"| {name} | {got[name].filter} | {got[name].compliance} |" in doc
+        assert f"| {name} | {got[name].code} | {got[name].filter} | {got[name].compliance} |" in doc
+    assert f"| {got['wavelet-HHL'].code} | wavelet " in doc
     assert f"| {got['wavelet-HHL'].compliance} |" in doc
     level2 = labels(["wavelet-HHL"], {"imageType": {"Wavelet": {"start_level": 1}}, "setting": {}})["wavelet-HHL"]
     assert f"`{level2.compliance}`" in doc
+
+
+def test_ibsi2_codes_name_the_filter_family_of_each_image_type() -> None:
+    """LoG rows carry L6PA, separable wavelets 25BO; the original image and non-IBSI transforms carry none."""
+    params, ibsi = load_params(PARAMS["mr"])
+    got = labels(["original", "log-sigma-2-0-mm-3D", "wavelet-LLH", "square"], params, ibsi.spacing_mm)
+    codes = {name: lab.code for name, lab in got.items()}
+    assert codes == {"original": NO_CODE, "log-sigma-2-0-mm-3D": "L6PA", "wavelet-LLH": "25BO", "square": NO_CODE}
+    assert set(FILTER_CODES) >= set(FAMILY_NAMES)
+    assert all(len(code) == 4 and code.isalnum() for code in FILTER_CODES.values())

@@ -8,7 +8,7 @@
   bound of the re-segmentation range (IBSI), and which takes the two masks.
 * :mod:`.ibsi2`: IBSI-2 phase-1 response-map tests of pyradiomics' LoG and wavelet filters, with the recorded result.
 * :mod:`.ibsi2_phase2`: IBSI-2 phase-2 features of filtered images of the IBSI CT phantom, with the recorded result.
-* :mod:`.ibsi2_labels`: the feature table's ``ibsi2_filter`` and ``ibsi2_compliance`` columns, from those results.
+* :mod:`.ibsi2_labels`: the feature table's ``ibsi2_code``, ``ibsi2_filter`` and ``ibsi2_compliance`` columns.
 * :mod:`.perturb`: one-voxel mask perturbations and seeded image noise (robustness sources).
 * :mod:`.figures`: the report's feature overview figure.
 """

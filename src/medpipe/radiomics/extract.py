@@ -12,9 +12,9 @@ source, image (the sequence the features are of), pyradiomics version, settings 
 sha256), the raw pyradiomics value (``value``) and, where the feature maps to IBSI-1, its code, name and
 IBSI-compliant value (``ibsi_value``, see :mod:`medpipe.radiomics.ibsi`). Rows of kind ``ibsi-derived`` hold
 IBSI features that pyradiomics does not report under that name (e.g. GLCM dissimilarity); they have no raw
-value. Every row also names the IBSI-2 filter of its image and its IBSI-2 compliance (phases 1 and 2; ``ibsi2_filter``,
-``ibsi2_compliance``, from the params that ran, see :mod:`medpipe.radiomics.ibsi2_labels`); filtered images that
-cannot be made compliant are labelled so, not left out.
+value. Every row also names the IBSI-2 filter of its image (its IBSI-2 code and settings) and its IBSI-2 compliance
+(phases 1 and 2; ``ibsi2_code``, ``ibsi2_filter``, ``ibsi2_compliance``, from the params that ran, see
+:mod:`medpipe.radiomics.ibsi2_labels`); filtered images that cannot be made compliant are labelled so, not left out.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ COLUMNS = [
     "ibsi_name",
     "ibsi_value",
     "ibsi_correction",
+    "ibsi2_code",
     "ibsi2_filter",
     "ibsi2_compliance",
     "pyradiomics_version",
@@ -236,7 +237,7 @@ def feature_rows(
 
 
 def _ibsi2_columns(label: Ibsi2Label) -> dict[str, str]:
-    return {"ibsi2_filter": label.filter, "ibsi2_compliance": label.compliance}
+    return {"ibsi2_code": label.code, "ibsi2_filter": label.filter, "ibsi2_compliance": label.compliance}
 
 
 def _row(
@@ -342,7 +343,11 @@ def collect(tables: Iterable[str | Path], out: str | Path, out_plot: str | Path 
     frames = []
     for path in sorted(str(p) for p in tables):
         frame = pd.read_csv(
-            path, sep="\t", keep_default_na=False, na_values=["NA"], dtype={"ibsi_code": str, "subject": str}
+            path,
+            sep="\t",
+            keep_default_na=False,
+            na_values=["NA"],
+            dtype={"ibsi_code": str, "ibsi2_code": str, "subject": str},
         )
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:

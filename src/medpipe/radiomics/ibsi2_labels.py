@@ -1,6 +1,11 @@
 """IBSI-2 labels of the feature table: the filter behind each image type, and what IBSI-2 phases 1 and 2 say of it.
 
-Two columns of the feature table (:data:`medpipe.radiomics.extract.COLUMNS`) come from here:
+Three columns of the feature table (:data:`medpipe.radiomics.extract.COLUMNS`) come from here:
+
+* ``ibsi2_code``: the IBSI-2 identifier of the filter family (:data:`FILTER_CODES`: ``L6PA`` Laplacian of Gaussian,
+  ``25BO`` separable wavelets), beside the IBSI-1 feature code of the row; ``none`` where IBSI-2 defines no filter
+  (the original image, pyradiomics' intensity transforms). The codes are the IBSI-2 reference manual's, as MIRP (by
+  the IBSI's authors) names them in its feature-name documentation (``docs/features_names.rst``).
 
 * ``ibsi2_filter``: the filter the image was computed with, in IBSI-2's terms, from the image type name and the
   params that ran (``imageType`` section, ``setting`` section, resampled voxel spacing): ``none`` for the original
@@ -63,6 +68,18 @@ NOT_IBSI2 = re.compile(r"^(square|squareroot|logarithm|exponential|gradient|lbp-
 #: IBSI-2 names of the filter families (``Ibsi2Test.filter``).
 FAMILY_NAMES = {"mean": "mean filter", "log": "LoG", "wavelet": "wavelet"}
 
+#: IBSI-2 identifiers of the filter families (reference manual, chapter "Convolutional filters").
+FILTER_CODES = {
+    "mean": "S60F",
+    "log": "L6PA",
+    "laws": "JTXT",
+    "gabor": "Q88H",
+    "wavelet": "25BO",
+    "nonseparable": "LODD",
+}
+#: ``ibsi2_code`` of a row whose image IBSI-2 defines no filter for.
+NO_CODE = "none"
+
 ORIGINAL_FILTER = "none"
 ORIGINAL_COMPLIANCE = "n/a (no filter)"
 NOT_ASSESSED = "not assessed"
@@ -92,10 +109,11 @@ class FilterConfig:
 
 @dataclass(frozen=True)
 class Ibsi2Label:
-    """The two IBSI-2 columns of a feature row."""
+    """The IBSI-2 columns of a feature row."""
 
     filter: str
     compliance: str
+    code: str = NO_CODE
 
 
 def _custom(params: Mapping[str, Any], image_type: str) -> dict[str, Any] | None:
@@ -282,7 +300,7 @@ def label(
     if config is None:
         logger.warning("image type %r is not one the params' imageType section yields; IBSI-2 not assessed", image_type)
         return Ibsi2Label(f"unknown image type ({image_type})", NOT_ASSESSED)
-    return Ibsi2Label(config.describe(), compliance(config, tests, phase2))
+    return Ibsi2Label(config.describe(), compliance(config, tests, phase2), FILTER_CODES[config.family])
 
 
 def labels(
