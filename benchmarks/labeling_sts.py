@@ -35,8 +35,8 @@ import nibabel as nib
 import numpy as np
 
 from medpipe.core.config import with_defaults
+from medpipe.core.overlap import dice_score
 from medpipe.core.sidecar import read_sidecar
-from medpipe.evaluate.metrics import dice_score
 from medpipe.labeling.campaign import round_training_settings
 from medpipe.labeling.ingest import accept_correction
 from medpipe.labeling.select import select_batch

@@ -29,7 +29,7 @@ from test_registration import random_rigid
 
 from medpipe.core.determinism import ants_deterministic
 from medpipe.core.io import nib_to_ants
-from medpipe.evaluate.metrics import dice_score
+from medpipe.core.overlap import dice_score
 from medpipe.preprocess.coregister import _initial_transform, apply_linear_transform
 
 

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_registration import random_rigid, target_registration_error
 
 from medpipe.core.geometry import geometry_of
+from medpipe.core.overlap import dice_score
 from medpipe.core.qc import save_overlay
 from medpipe.core.resample import resample_to_grid
-from medpipe.evaluate.metrics import dice_score
 from medpipe.preprocess.coregister import apply_linear_transform, register_linear
 
 

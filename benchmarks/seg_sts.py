@@ -34,8 +34,8 @@ import SimpleITK as sitk
 
 from medpipe.core.config import with_defaults
 from medpipe.core.io import load_nifti, nib_to_sitk, save_nifti, sitk_to_nib
+from medpipe.core.overlap import dice_score
 from medpipe.core.records import read_uncertainty
-from medpipe.evaluate.metrics import dice_score
 from medpipe.postprocess.clean import clean_binary
 from medpipe.segment.infer import predict_case
 from medpipe.segment.split import read_folds

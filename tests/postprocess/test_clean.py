@@ -11,8 +11,8 @@ import pytest
 from medpipe.core.errors import ConfigError, GeometryError
 from medpipe.core.geometry import Geometry, geometry_of
 from medpipe.core.io import save_nifti
+from medpipe.core.overlap import dice_score
 from medpipe.core.resample import resample_to_grid, target_grid
-from medpipe.evaluate.metrics import dice_score
 from medpipe.postprocess.clean import (
     ball,
     class_settings,

@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 from scipy import ndimage
 
-from medpipe.evaluate.metrics import dice_score
+from medpipe.core.overlap import dice_score
 from tests.workflow.conftest import TINY_CONFIG, clone_run, run, snakemake_cmd
 
 SHEET = "resources/demo/subjects.tsv"

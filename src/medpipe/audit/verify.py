@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from medpipe.audit.manifest import EXCLUDED, hash_results, read_manifest
+from medpipe.core.overlap import dice_score
 from medpipe.core.sidecar import sidecar_path, write_json
 
 logger = logging.getLogger(__name__)
@@ -125,9 +126,7 @@ def compare_nifti(a: Path, b: Path) -> dict[str, Any]:
         if len(labels) <= MAX_MASK_LABELS:
             dice = {}
             for lab in labels[labels != 0]:
-                ma, mb = da == lab, db == lab
-                denom = int(ma.sum() + mb.sum())
-                dice[str(int(lab))] = 1.0 if denom == 0 else 2.0 * int(np.logical_and(ma, mb).sum()) / denom
+                dice[str(int(lab))] = dice_score(da == lab, db == lab)
             out["dice"] = dice
     return out
 

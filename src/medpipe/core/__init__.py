@@ -4,6 +4,7 @@
 * :mod:`~medpipe.core.config`: JSON-Schema validation of config.yaml and the subject sheet (the schema fills defaults).
 * :mod:`~medpipe.core.io`: the only module that knows file formats (NIfTI, TSV, PNG) and toolkit conventions.
 * :mod:`~medpipe.core.geometry`, :mod:`~medpipe.core.resample`: grids, boundary checks, moving images between grids.
+* :mod:`~medpipe.core.overlap`: the one Dice coefficient (postprocess decision, template check, audit, TTA agreement).
 * :mod:`~medpipe.core.sidecar`: the JSON sidecar every output carries; :mod:`~medpipe.core.records`: the
   records one stage writes and another reads.
 * :mod:`~medpipe.core.logutil`, :mod:`~medpipe.core.determinism`, :mod:`~medpipe.core.resources`,

@@ -62,14 +62,6 @@ SET_ORDER = sheet_sets()
 PLOT_METRICS = ("dice", "jaccard", "hd95_mm", "msd_mm")
 
 
-def dice_score(auto: npt.NDArray[Any], human: npt.NDArray[Any]) -> float:
-    """Dice of two binary masks; 1 when both are empty, 0 when exactly one is."""
-    a = np.asarray(auto) != 0
-    h = np.asarray(human) != 0
-    total = int(a.sum()) + int(h.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & h)) / total
-
-
 def surface_distances(
     auto: npt.NDArray[np.bool_], human: npt.NDArray[np.bool_], spacing: Sequence[float]
 ) -> dict[str, float]:

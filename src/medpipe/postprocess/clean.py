@@ -36,8 +36,8 @@ from medpipe.core.config import section_schema, with_defaults
 from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.geometry import check_same_grid, geometry_of
 from medpipe.core.io import load_nifti, save_like
+from medpipe.core.overlap import dice_score
 from medpipe.core.sidecar import write_json, write_sidecar
-from medpipe.evaluate.metrics import dice_score
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def decide_largest_component(
     For each class the mean Dice over cases is computed for the raw prediction and for the
     prediction reduced to its largest connected component; the step is applied for that class
     only when it strictly raises the mean Dice (nnU-Net's rule). Empty masks follow
-    :func:`medpipe.evaluate.metrics.dice_score`.
+    :func:`medpipe.core.overlap.dice_score`.
 
     Parameters
     ----------

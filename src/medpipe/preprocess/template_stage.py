@@ -28,6 +28,7 @@ from medpipe.core.config import with_defaults
 from medpipe.core.errors import ConfigError
 from medpipe.core.geometry import geometry_of
 from medpipe.core.io import save_checked, save_nifti
+from medpipe.core.overlap import dice_score
 from medpipe.core.sidecar import write_json, write_sidecar
 from medpipe.preprocess.coregister import load_brain_mask, load_checked
 from medpipe.preprocess.template import TemplateTransforms, labels_to_native, register_to_template
@@ -120,11 +121,6 @@ def _brain_extracted(image: str | Path, brainmask: str | Path, subject: str) -> 
     return nib.Nifti1Image(brain, img.affine), mask
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / total if total else 1.0
-
-
 def register_reference(
     image: str | Path,
     brainmask: str | Path,
@@ -181,7 +177,7 @@ def register_reference(
         )
     grid = geometry_of(tpl)
     back = labels_to_native(brain, load_checked(template_brain, subject), tx) > 0
-    dice = _dice(back, mask)
+    dice = dice_score(back, mask)
     inputs = [image, brainmask, template, template_brain]
     params = {**s, "seed": int(seed), "space": MNI152_SPACE}
     write_sidecar(

@@ -25,6 +25,7 @@ import torch
 from medpipe.core.errors import DataError, MedpipeError
 from medpipe.core.geometry import Geometry
 from medpipe.core.io import save_like
+from medpipe.core.overlap import dice_score
 from medpipe.core.records import UncertaintyRecord, write_uncertainty
 from medpipe.core.sidecar import write_sidecar
 from medpipe.segment.data import load_image_stack
@@ -75,10 +76,7 @@ def uncertainty_summary(
     consensus = mean_probs.argmax(axis=0) > 0
     union = np.logical_or.reduce(list(member_fg)) if member_fg else consensus
     score = float(entropy[union].mean()) if union.any() else 0.0
-    dices = []
-    for fg in member_fg:
-        denom = int(fg.sum()) + int(consensus.sum())
-        dices.append(1.0 if denom == 0 else 2.0 * float(np.logical_and(fg, consensus).sum()) / denom)
+    dices = [dice_score(fg, consensus) for fg in member_fg]
     agreement = float(np.mean(dices)) if dices else 1.0
     reasons = []
     if score > float(infer["uncertainty_threshold"]):
