@@ -47,7 +47,14 @@ def _extract(args: argparse.Namespace, image: Path, mask: Path, params: dict) ->
             path = Path(tmp) / "params.yaml"
             path.write_text(yaml.safe_dump(params))
             extract_features(
-                image, mask, Path(tmp) / "f.tsv", subject=args.case, source="human", image_name="T1", params_file=path
+                image,
+                mask,
+                Path(tmp) / "f.tsv",
+                subject=args.case,
+                source="human",
+                image_name="T1",
+                params_file=path,
+                region="lesion",
             )
         else:
             from radiomics import featureextractor

@@ -52,7 +52,14 @@ def _one(args: tuple[str, Path, Path, Path]) -> tuple[str, float]:
         target = out / "features" / f"sub-{subject}_mask-{source}_features.tsv"
         if not target.exists():  # resume an interrupted benchmark
             extract_features(
-                image, path, target, subject=subject, source=source, image_name="MR_T1", params_file=params
+                image,
+                path,
+                target,
+                subject=subject,
+                source=source,
+                image_name="MR_T1",
+                params_file=params,
+                region="lesion",
             )
     return subject, time.perf_counter() - start
 

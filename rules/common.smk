@@ -25,6 +25,7 @@ from medpipe.core.sidecar import sidecar_path
 from medpipe.labeling.campaign import campaign_from_config
 from medpipe.labeling.select import read_selection
 from medpipe.radiomics.perturb import MASK_PERTURBATIONS
+from medpipe.radiomics.regions import configured_regions
 from medpipe.segment.split import assign_folds
 from medpipe.signature.stage import check_signature_config
 
@@ -111,6 +112,9 @@ def _workflow_path(path):
 RADIOMICS_IMAGES = {name: _workflow_path(p) for name, p in radiomics_images(config).items()}
 # Those read on their own grid (grid: native) -> their own human mask file in the subject's folder, or None.
 NATIVE_IMAGES = native_images(config)  # their own masks are checked with the sheet (native_mask_files)
+# Derived radiomics regions (radiomics.regions: a peritumoral ring around every mask source) -> definition;
+# the structure's own rows are region label.name.
+REGIONS = configured_regions(config)
 # Template registration (preprocess.template): the built-in masks and the configured atlases, each brought back
 # onto the native reference grid (checked at start: readable 3D label maps).
 TEMPLATE = config["preprocess"]["template"]
@@ -154,6 +158,7 @@ wildcard_constraints:
     source=_alternatives([*allowed_values("radiomics", "sources"), *allowed_values("radiomics", "perturbations")]),
     perturbation=_alternatives(MASK_PERTURBATIONS),
     image=_alternatives(list(RADIOMICS_IMAGES)),
+    region=_alternatives(list(REGIONS)),
     atlas=_alternatives(TEMPLATE_ATLASES),
     fold=r"\d+",
     round=r"\d+",
@@ -448,13 +453,26 @@ def get_radiomics_mask(wildcards):
     return f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz"
 
 
+def get_region_image(wildcards):
+    """Rule region_mask: the radiomics image without the noise (the body a ring is clipped to)."""
+    return get_perturb_image_source(wildcards)
+
+
+def get_region_definition(wildcards):
+    """``radiomics.regions.<region>`` (schema defaults applied) as a params function of rule region_mask."""
+    return REGIONS[wildcards.region]
+
+
 def get_all_feature_tables(wildcards):
+    """Every feature table: per image, mask source and subject, the structure's and each derived region's."""
     subjects = {"human": LABELLED, "auto": SUBJECTS, "reader2": SECOND_READER, **{p: LABELLED for p in PERTURBATIONS}}
+    regions = ["", *(f"_region-{r}" for r in REGIONS)]
     return [
-        f"results/radiomics/sub-{s}/sub-{s}_img-{image}_mask-{src}_features.tsv"
+        f"results/radiomics/sub-{s}/sub-{s}_img-{image}_mask-{src}{region}_features.tsv"
         for image in RADIOMICS_IMAGES
         for src in [*SOURCES, *PERTURBATIONS]
         for s in subjects[src]
+        for region in regions
     ]
 
 

@@ -22,8 +22,50 @@ rule radiomics:
     resources:
         mem_mb=mem_mb_scaled(3000, 30),
         runtime=20,
+    params:
+        region=config["label"]["name"],
     script:
         "../scripts/radiomics.py"
+
+
+# A derived region (radiomics.regions: the peritumoral ring) of every mask source, on the radiomics image's grid.
+rule region_mask:
+    input:
+        mask=get_radiomics_mask,
+        image=get_region_image,
+    output:
+        mask="results/radiomics/sub-{subject}/sub-{subject}_img-{image}_mask-{source}_region-{region}_mask.nii.gz",
+        sidecar="results/radiomics/sub-{subject}/sub-{subject}_img-{image}_mask-{source}_region-{region}_mask.json",
+    log:
+        "logs/region_mask/sub-{subject}_img-{image}_mask-{source}_region-{region}.log",
+    benchmark:
+        "logs/benchmarks/region_mask/sub-{subject}_img-{image}_mask-{source}_region-{region}.tsv"
+    conda:
+        "../envs/radiomics.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_scaled(1500, 20),
+        runtime=5,
+    params:
+        definition=get_region_definition,
+    script:
+        "../scripts/region_mask.py"
+
+
+# Features of a derived region: the radiomics rule on the region's mask, rows with region = its name.
+use rule radiomics as radiomics_region with:
+    input:
+        image=get_radiomics_image,
+        mask="results/radiomics/sub-{subject}/sub-{subject}_img-{image}_mask-{source}_region-{region}_mask.nii.gz",
+        params=get_radiomics_params,
+    output:
+        features="results/radiomics/sub-{subject}/sub-{subject}_img-{image}_mask-{source}_region-{region}_features.tsv",
+    log:
+        "logs/radiomics/sub-{subject}_img-{image}_mask-{source}_region-{region}.log",
+    benchmark:
+        "logs/benchmarks/radiomics/sub-{subject}_img-{image}_mask-{source}_region-{region}.tsv"
+    params:
+        region=None,
 
 
 rule radiomics_table:
@@ -52,6 +94,8 @@ rule radiomics_table:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        structure=config["label"]["name"],
     script:
         "../scripts/radiomics_table.py"
 

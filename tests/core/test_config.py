@@ -311,3 +311,20 @@ def test_schema_nodes_hold_only_json_schema_keywords(schema: Path) -> None:
         return bad
 
     assert walk(yaml.safe_load(schema.read_text()), "") == []
+
+
+def test_radiomics_regions_take_schema_defaults_and_refuse_bad_definitions() -> None:
+    cfg = _config()
+    cfg["radiomics"]["regions"] = {"ring10": {"ring_mm": 10}}
+    validate_config(cfg, CONFIG_SCHEMA)
+    assert cfg["radiomics"]["regions"] == {"ring10": {"ring_mm": 10, "clip": "image"}}
+    for bad, where in (
+        ({"ring10": {"ring_mm": 0}}, "ring_mm"),
+        ({"ring10": {"clip": "body"}}, "ring_mm"),
+        ({"ring10": {"ring_mm": 5, "clip": "air"}}, "clip"),
+        ({"ring-10": {"ring_mm": 5}}, "ring-10"),
+    ):
+        cfg = _config()
+        cfg["radiomics"]["regions"] = bad
+        with pytest.raises(ConfigError, match=where):
+            validate_config(cfg, CONFIG_SCHEMA)

@@ -53,7 +53,14 @@ def test_extract_features_table(tmp_path: Path) -> None:
     img, msk = _case(tmp_path)
     params = _params(tmp_path, {**FAST, "medpipe": {"spacing_mm": [2.0, 2.0, 2.0]}})
     out = extract_features(
-        img, msk, tmp_path / "f.tsv", subject="S01", source="human", image_name="T1w", params_file=params
+        img,
+        msk,
+        tmp_path / "f.tsv",
+        subject="S01",
+        source="human",
+        image_name="T1w",
+        params_file=params,
+        region="lesion",
     )
     table = pd.read_csv(out, sep="\t", keep_default_na=False, na_values=["NA"])
     assert list(table.columns) == COLUMNS
@@ -76,7 +83,14 @@ def test_extract_features_table(tmp_path: Path) -> None:
     assert byname.loc["original_shape_VoxelVolume", "value"] == pytest.approx(volume, rel=0.1)
     # re-runs are byte-identical
     again = extract_features(
-        img, msk, tmp_path / "g.tsv", subject="S01", source="human", image_name="T1w", params_file=params
+        img,
+        msk,
+        tmp_path / "g.tsv",
+        subject="S01",
+        source="human",
+        image_name="T1w",
+        params_file=params,
+        region="lesion",
     )
     assert again.read_bytes() == out.read_bytes()
 
@@ -84,7 +98,14 @@ def test_extract_features_table(tmp_path: Path) -> None:
 def test_pipeline_mr_params_run(tmp_path: Path) -> None:
     img, msk = _case(tmp_path)
     out = extract_features(
-        img, msk, tmp_path / "f.tsv", subject="S01", source="auto", image_name="T1w", params_file=MR_PARAMS
+        img,
+        msk,
+        tmp_path / "f.tsv",
+        subject="S01",
+        source="auto",
+        image_name="T1w",
+        params_file=MR_PARAMS,
+        region="lesion",
     )
     table = pd.read_csv(out, sep="\t")
     types = set(table["image_type"])
@@ -115,7 +136,14 @@ def test_geometry_mismatch_names_subject_and_files(tmp_path: Path) -> None:
     params = _params(tmp_path, FAST)
     with pytest.raises(GeometryError, match=r"subject S07.*m\.nii\.gz.*img0\.nii\.gz"):
         extract_features(
-            img, other, tmp_path / "f.tsv", subject="S07", source="human", image_name="T1w", params_file=params
+            img,
+            other,
+            tmp_path / "f.tsv",
+            subject="S07",
+            source="human",
+            image_name="T1w",
+            params_file=params,
+            region="lesion",
         )
 
 
@@ -137,19 +165,40 @@ def test_an_empty_automatic_mask_gives_a_table_without_rows_other_sources_are_re
     empty = save_nifti(np.zeros(sitk.GetArrayFromImage(sitk.ReadImage(str(msk))).shape[::-1], np.uint8),
                        nib_affine(msk), tmp_path / "empty.nii.gz", dtype=np.uint8)  # fmt: skip
     out = extract_features(
-        img, empty, tmp_path / "auto.tsv", subject="S01", source="auto", image_name="T1w", params_file=params
+        img,
+        empty,
+        tmp_path / "auto.tsv",
+        subject="S01",
+        source="auto",
+        image_name="T1w",
+        params_file=params,
+        region="lesion",
     )
     table = pd.read_csv(out, sep="\t")
     assert list(table.columns) == list(COLUMNS) and table.empty
     human = extract_features(
-        img, msk, tmp_path / "human.tsv", subject="S01", source="human", image_name="T1w", params_file=params
+        img,
+        msk,
+        tmp_path / "human.tsv",
+        subject="S01",
+        source="human",
+        image_name="T1w",
+        params_file=params,
+        region="lesion",
     )
     both = pd.read_csv(collect([out, human], tmp_path / "all.tsv"), sep="\t")
     assert set(both["source"]) == {"human"} and len(both) == len(pd.read_csv(human, sep="\t"))
     for source in ("human", "erode"):
         with pytest.raises(DataError, match="empty"):
             extract_features(
-                img, empty, tmp_path / "x.tsv", subject="S01", source=source, image_name="T1w", params_file=params
+                img,
+                empty,
+                tmp_path / "x.tsv",
+                subject="S01",
+                source=source,
+                image_name="T1w",
+                params_file=params,
+                region="lesion",
             )
 
 
@@ -170,7 +219,14 @@ def test_collect_sorts_and_checks(tmp_path: Path) -> None:
     params = _params(tmp_path, FAST)
     tables = [
         extract_features(
-            img, msk, tmp_path / f"{s}_{src}.tsv", subject=s, source=src, image_name="T1w", params_file=params
+            img,
+            msk,
+            tmp_path / f"{s}_{src}.tsv",
+            subject=s,
+            source=src,
+            image_name="T1w",
+            params_file=params,
+            region="lesion",
         )
         for s in ("S02", "S01")
         for src in ("auto", "human")
@@ -187,7 +243,14 @@ def test_collect_sorts_and_checks(tmp_path: Path) -> None:
     # a second image with its own params (radiomics.images): its rows are named by the image column
     t2 = [
         extract_features(
-            img, msk, tmp_path / f"S01_{src}_T2w.tsv", subject="S01", source=src, image_name="T2w", params_file=other
+            img,
+            msk,
+            tmp_path / f"S01_{src}_T2w.tsv",
+            subject="S01",
+            source=src,
+            image_name="T2w",
+            params_file=other,
+            region="lesion",
         )
         for src in ("auto", "human")
     ]
@@ -201,7 +264,14 @@ def test_collect_sorts_and_checks(tmp_path: Path) -> None:
     assert both.groupby("image")["settings_hash"].nunique().tolist() == [1, 1]
     assert both["settings_hash"].nunique() == 2
     odd = extract_features(
-        img, msk, tmp_path / "odd.tsv", subject="S03", source="auto", image_name="T1w", params_file=other
+        img,
+        msk,
+        tmp_path / "odd.tsv",
+        subject="S03",
+        source="auto",
+        image_name="T1w",
+        params_file=other,
+        region="lesion",
     )
     with pytest.raises(DataError, match="feature tables of image T1w mix settings_hash"):
         collect([*tables, odd], tmp_path / "bad.tsv")
@@ -250,6 +320,7 @@ def test_pyradiomics_baselines(shared_dir: Path, case: str, tmp_path: Path) -> N
         source="human",
         image_name="MR",
         params_file=_params(tmp_path, params),
+        region="lesion",
     )
     ours = pd.read_csv(out, sep="\t").set_index("feature")["value"]
     plain = RadiomicsFeatureExtractor(params).execute(

@@ -125,3 +125,18 @@ def test_feature_keys_name_the_image_when_there_are_several() -> None:
     stats = pd.DataFrame({"image": ["T1w", "ADC"], "feature": ["f", "f"]})
     assert feature_keys(stats).tolist() == ["T1w:f", "ADC:f"]
     assert feature_keys(stats.iloc[:1]).tolist() == ["f"]
+
+
+def test_feature_keys_name_the_region_when_there_are_several() -> None:
+    """A peritumoral ring's features are other features than the structure's, also beside several images."""
+    lesion = _long().assign(image="T1w", region="GTV")
+    two = pd.concat([lesion, _long().assign(image="T1w", region="ring10")])
+    assert list(feature_matrix(two, "human").columns) == [
+        "GTV:original_firstorder_Mean",
+        "GTV:original_shape_Volume",
+        "ring10:original_firstorder_Mean",
+        "ring10:original_shape_Volume",
+    ]
+    assert list(feature_matrix(lesion, "human").columns) == ["original_firstorder_Mean", "original_shape_Volume"]
+    stats = pd.DataFrame({"image": ["T1w", "ADC"], "region": ["GTV", "ring10"], "feature": ["f", "f"]})
+    assert feature_keys(stats).tolist() == ["T1w:GTV:f", "ADC:ring10:f"]

@@ -134,6 +134,7 @@ def _features(n_subjects: int = 12) -> pd.DataFrame:
                     {
                         "subject": f"S{s:02d}",
                         "source": source,
+                        "region": "lesion",
                         "image": "T1w",
                         "image_type": image_type,
                         "feature_class": cls,
@@ -230,7 +231,7 @@ def test_reproducibility_and_retention_are_per_image() -> None:
     same = table[table["image"] == "T1w"].reset_index(drop=True)
     pd.testing.assert_frame_equal(same, alone)  # an image's statistics do not depend on the other images
     retention = retention_by_class(table)
-    assert list(retention.columns[:2]) == ["image", "class"]
+    assert list(retention.columns[:3]) == ["image", "region", "class"]
     assert list(dict.fromkeys(retention["image"])) == ["ADC", "T1w", "all"]
     overall = retention[retention["class"] == "all"].set_index("image")
     assert overall.loc["ADC", "n_reproducible"] == 0 and overall.loc["T1w", "n_reproducible"] == 4
@@ -238,3 +239,21 @@ def test_reproducibility_and_retention_are_per_image() -> None:
     assert overall.loc["all", "n_features"] == overall.loc["ADC", "n_features"] + overall.loc["T1w", "n_features"]
     assert set(pooled(retention)["image"]) == {"all"}
     assert set(pooled(retention_by_class(alone))["image"]) == {"T1w"}
+
+
+def test_reproducibility_and_retention_are_per_region() -> None:
+    """A derived region (a peritumoral ring) pairs only with the same region's rows and has its own blocks."""
+    lesion = _features()
+    ring = _features().assign(region="ring10")
+    poor = ring["source"] == "auto"  # the automatic ring's features are noise: nothing of the ring reproducible
+    ring.loc[poor, "value"] = np.random.default_rng(8).normal(0, 1, int(poor.sum()))
+    table = reproducibility_table(pd.concat([ring, lesion]), n_boot=100, min_subjects=3)
+    assert table.groupby("region").size().to_dict() == {"lesion": 8, "ring10": 8}
+    assert int(table["n"].max()) == lesion["subject"].nunique()  # pairs are per subject, never across regions
+    alone = reproducibility_table(lesion, n_boot=100, min_subjects=3)
+    pd.testing.assert_frame_equal(table[table["region"] == "lesion"].reset_index(drop=True), alone)
+    retention = retention_by_class(table)
+    overall = retention[retention["class"] == "all"].set_index("region")
+    assert overall.loc["lesion", "n_reproducible"] == 4 and overall.loc["ring10", "n_reproducible"] == 0
+    assert set(retention["image"]) == {"T1w"}  # one image: no pooled block, in either region
+    assert sorted(pooled(retention).drop_duplicates("region")["region"]) == ["lesion", "ring10"]

@@ -37,6 +37,7 @@ def _features(n: int = 15) -> pd.DataFrame:
                 {
                     "subject": f"S{s:02d}",
                     "source": source,
+                    "region": "lesion",
                     "image": "T1w",
                     "image_type": image_type,
                     "feature_class": cls,
@@ -108,3 +109,20 @@ def test_robustness_is_per_image() -> None:
     ours = table[table["image"] == "T1w"].reset_index(drop=True)
     assert np.allclose(ours["icc31_all"], alone["icc31_all"])
     assert set(by_class["image"]) == {"CT", "T1w", "all"}
+
+
+def test_robustness_is_per_region(tmp_path: Path) -> None:
+    """A ring region: its own rows and blocks, one panel per region in the figure."""
+    lesion = _features()
+    ring = _features().assign(region="ring10")
+    ring.loc[ring["source"] == "dilate", "value"] += 50.0
+    table, by_class = robustness_tables(
+        pd.concat([lesion, ring]), perturbations=["erode", "dilate"], n_boot=100, min_subjects=3
+    )
+    robust = table.set_index(["region", "feature"])["robust"]
+    assert robust[("lesion", "original_shape_Stable")] and not robust[("ring10", "original_shape_Stable")]
+    assert set(by_class["region"]) == {"lesion", "ring10"}
+    path = tmp_path / "features.tsv"
+    pd.concat([lesion, ring]).to_csv(path, sep="\t", index=False)
+    robustness_report(path, tmp_path / "r.tsv", tmp_path / "c.tsv", tmp_path / "r.png", perturbations=["erode"])
+    assert set(pd.read_csv(tmp_path / "c.tsv", sep="\t")["region"]) == {"lesion", "ring10"}

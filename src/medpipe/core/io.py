@@ -87,7 +87,7 @@ def read_feature_table(path: str | Path) -> pd.DataFrame:
     Subject IDs and IBSI codes stay text. Read by the stats and signature stages (one reader for the one
     writer, :func:`medpipe.radiomics.extract.collect`).
     """
-    return read_tsv(path, dtype={"subject": str, "ibsi_code": str, "ibsi2_code": str})
+    return read_tsv(path, dtype={"subject": str, "region": str, "ibsi_code": str, "ibsi2_code": str})
 
 
 def write_tsv(table: pd.DataFrame, path: str | Path, *, na_rep: str = NA_REP, float_format: str | None = None) -> Path:

@@ -1,4 +1,5 @@
-"""Stage ``radiomics`` (rules/radiomics.smk: ``perturb_mask``, ``perturb_image``, ``radiomics``, ``radiomics_table``).
+"""Stage ``radiomics`` (rules/radiomics.smk: ``perturb_mask``, ``perturb_image``, ``region_mask``, ``radiomics``,
+``radiomics_region``, ``radiomics_table``).
 
 * :mod:`.extract`: pyradiomics extraction with IBSI names and provenance, and the long feature table.
 * :mod:`.ibsi`: IBSI mapping of pyradiomics features and the IBSI corrections.
@@ -10,5 +11,6 @@
 * :mod:`.ibsi2_phase2`: IBSI-2 phase-2 features of filtered images of the IBSI CT phantom, with the recorded result.
 * :mod:`.ibsi2_labels`: the feature table's ``ibsi2_code``, ``ibsi2_filter`` and ``ibsi2_compliance`` columns.
 * :mod:`.perturb`: one-voxel mask perturbations and seeded image noise (robustness sources).
+* :mod:`.regions`: derived regions (``radiomics.regions``): the peritumoral ring of a mask, clipped to image or body.
 * :mod:`.figures`: the report's feature overview figure.
 """

@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 COLUMNS = [
     "subject",
     "source",
+    "region",
     "image",
     "image_type",
     "feature_class",
@@ -270,6 +271,7 @@ def extract_features(
     source: str,
     image_name: str,
     params_file: str | Path,
+    region: str,
 ) -> Path:
     """Extract pyradiomics features of one image/mask pair into a long TSV with provenance.
 
@@ -288,6 +290,9 @@ def extract_features(
         The image's name in the table (``image`` column): its sequence, e.g. ``T1w``, ``CT``, ``ADC``.
     params_file
         Radiomics params YAML (pyradiomics params + optional ``medpipe`` IBSI section).
+    region
+        The ``region`` column: ``label.name`` for the structure's own mask, or the name of a derived region
+        (``radiomics.regions``, :mod:`medpipe.radiomics.regions`) whose mask this is.
     """
     params, ibsi = load_params(params_file)
     img = read_sitk(image, subject=subject)
@@ -314,6 +319,7 @@ def extract_features(
     provenance = {
         "subject": subject,
         "source": source,
+        "region": region,
         "image": image_name,
         "pyradiomics_version": pyradiomics_version(),
         "settings_hash": settings_hash(params, ibsi),
@@ -332,13 +338,20 @@ def extract_features(
     return write_tsv(table, out_tsv)
 
 
-def collect(tables: Iterable[str | Path], out: str | Path, out_plot: str | Path | None = None) -> Path:
+def collect(
+    tables: Iterable[str | Path],
+    out: str | Path,
+    out_plot: str | Path | None = None,
+    *,
+    structure: str | None = None,
+) -> Path:
     """Concatenate per-subject/source feature tables into one long TSV, sorted deterministically.
 
     Raises :class:`DataError` when a table lacks the expected columns, when tables were made with different
     pyradiomics versions, or when the tables of one image were made with different settings (settings hash;
     each image has its own params file, ``radiomics.images``). With ``out_plot``, also draws
-    the report's overview of key features per subject and mask source.
+    the report's overview of key features per subject and mask source (of the ``structure`` region, the
+    structure's own rows, when given).
     """
     frames = []
     for path in sorted(str(p) for p in tables):
@@ -347,7 +360,7 @@ def collect(tables: Iterable[str | Path], out: str | Path, out_plot: str | Path 
             sep="\t",
             keep_default_na=False,
             na_values=["NA"],
-            dtype={"ibsi_code": str, "ibsi2_code": str, "subject": str},
+            dtype={"ibsi_code": str, "ibsi2_code": str, "subject": str, "region": str},
         )
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:
@@ -369,9 +382,9 @@ def collect(tables: Iterable[str | Path], out: str | Path, out_plot: str | Path 
             raise DataError(
                 f"the feature tables of image {image} mix settings_hash values {hashes}; re-run radiomics", path=out
             )
-    table = table.sort_values(["subject", "image", "source", "feature"], kind="stable")[COLUMNS]
+    table = table.sort_values(["subject", "image", "source", "region", "feature"], kind="stable")[COLUMNS]
     if out_plot is not None:
         from medpipe.radiomics.figures import save_feature_overview
 
-        save_feature_overview(table, out_plot)
+        save_feature_overview(table if structure is None else table[table["region"] == structure], out_plot)
     return write_tsv(table, out)

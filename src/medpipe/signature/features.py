@@ -37,15 +37,18 @@ CORRELATION_METHODS = ("spearman", "pearson")
 
 
 def feature_keys(table: pd.DataFrame) -> pd.Series:
-    """The signature's feature key of every row of a table with ``feature`` (and ``image``) columns.
+    """The signature's feature key of every row of a table with ``feature`` (and ``image``, ``region``) columns.
 
-    ``feature`` when the table holds a single image (or has no ``image`` column), else ``<image>:<feature>``:
-    the same key for the radiomics table and the stats tables that preselect from it.
+    ``feature`` when the table holds a single image and a single region (or lacks those columns), else prefixed
+    by what varies: ``<image>:<feature>``, ``<region>:<feature>`` or ``<image>:<region>:<feature>`` (a
+    peritumoral ring's features are other features than the structure's): the same key for the radiomics table
+    and the stats tables that preselect from it.
     """
-    names = table["feature"].astype(str)
-    if "image" not in table.columns or table["image"].nunique() <= 1:
-        return names
-    return table["image"].astype(str) + ":" + names
+    key = table["feature"].astype(str)
+    for column in ("region", "image"):
+        if column in table.columns and table[column].nunique() > 1:
+            key = table[column].astype(str) + ":" + key
+    return key
 
 
 def feature_matrix(features: pd.DataFrame, source: str, *, subjects: Sequence[str] | None = None) -> pd.DataFrame:

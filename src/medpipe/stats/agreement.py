@@ -228,10 +228,11 @@ def agreement(
 
 
 def paired_values(features: pd.DataFrame, source_a: str, source_b: str) -> pd.DataFrame:
-    """Wide table feature x subject pairs: columns ``image, feature, image_type, feature_class, ibsi_code,
-    subject, a, b`` for subjects with finite values in both sources (pyradiomics rows only)."""
+    """Wide table feature x subject pairs: columns ``image, region, feature, image_type, feature_class, ibsi_code,
+    subject, a, b`` for subjects with finite values in both sources (pyradiomics rows only); a region's rows
+    (the structure's, or a derived region's such as a peritumoral ring) pair only with the same region's."""
     rows = features[features["kind"] == "pyradiomics"]
-    keys = ["image", "feature", "image_type", "feature_class", "ibsi_code", "subject"]
+    keys = ["image", "region", "feature", "image_type", "feature_class", "ibsi_code", "subject"]
     a = rows[rows["source"] == source_a][[*keys, "value"]].rename(columns={"value": "a"})
     b = rows[rows["source"] == source_b][[*keys, "value"]].rename(columns={"value": "b"})
     for name, part in ((source_a, a), (source_b, b)):
@@ -244,7 +245,7 @@ def paired_values(features: pd.DataFrame, source_a: str, source_b: str) -> pd.Da
     if lonely:
         logger.warning("subjects without both mask sources, left out: %s", lonely)
     pairs = pairs[(pairs["_merge"] == "both") & np.isfinite(pairs["a"]) & np.isfinite(pairs["b"])]
-    return pairs.drop(columns="_merge").sort_values(["image", "feature", "subject"], kind="stable")
+    return pairs.drop(columns="_merge").sort_values(["image", "region", "feature", "subject"], kind="stable")
 
 
 def reproducibility_table(
@@ -257,14 +258,14 @@ def reproducibility_table(
     seed: int = 0,
     min_subjects: int | None = None,
 ) -> pd.DataFrame:
-    """Agreement statistics of every feature between two mask sources (one row per image and feature)."""
+    """Agreement statistics of every feature between two mask sources (one row per image, region and feature)."""
     cutoff = float(stats_setting("cutoff", cutoff))
     n_boot = int(stats_setting("n_boot", n_boot))
     least = int(stats_setting("min_subjects", min_subjects))
     pairs = paired_values(features, source_a, source_b)
     records = []
-    for (image, feature, image_type, feature_class, code), group in pairs.groupby(
-        ["image", "feature", "image_type", "feature_class", "ibsi_code"], sort=True, dropna=False
+    for (image, region, feature, image_type, feature_class, code), group in pairs.groupby(
+        ["image", "region", "feature", "image_type", "feature_class", "ibsi_code"], sort=True, dropna=False
     ):
         stats = agreement(
             group["a"].to_numpy(), group["b"].to_numpy(), cutoff=cutoff, n_boot=n_boot, seed=seed, min_subjects=least
@@ -272,6 +273,7 @@ def reproducibility_table(
         records.append(
             {
                 "image": image,
+                "region": region,
                 "feature": feature,
                 "image_type": image_type,
                 "feature_class": feature_class,
@@ -284,24 +286,27 @@ def reproducibility_table(
 
 
 def retention_by_class(table: pd.DataFrame) -> pd.DataFrame:
-    """Percentage of reproducible features per image and class (constant / too-few rows excluded, counted).
+    """Percentage of reproducible features per region, image and class (constant / too-few rows excluded, counted).
 
-    One block of rows per image of ``table`` (column ``image``, first), each with its classes and ``all``; with
-    several images a last block ``image == "all"`` (:data:`~medpipe.core.config.POOLED_IMAGES`) pools them.
+    Per region of ``table`` (the structure's own rows, and each derived region's), one block of rows per image
+    (columns ``image``, ``region`` first), each with its classes and ``all``; with several images a last block
+    ``image == "all"`` (:data:`~medpipe.core.config.POOLED_IMAGES`) pools that region's images.
     """
-    images = sorted(table["image"].astype(str).unique()) if len(table) else []
-    blocks = [(name, table[table["image"].astype(str) == name]) for name in images]
-    if len(images) > 1:
-        blocks.append((POOLED_IMAGES, table))
-    parts = [_retention_of_image(part).assign(image=name) for name, part in blocks]
-    out = (
-        pd.concat(parts, ignore_index=True) if parts else _retention_of_image(table).assign(image=pd.Series(dtype=str))
-    )
-    return out[["image", *[c for c in out.columns if c != "image"]]]
+    parts = []
+    for region in sorted(table["region"].astype(str).unique()) if len(table) else []:
+        rows = table[table["region"].astype(str) == region]
+        images = sorted(rows["image"].astype(str).unique())
+        blocks = [(name, rows[rows["image"].astype(str) == name]) for name in images]
+        if len(images) > 1:
+            blocks.append((POOLED_IMAGES, rows))
+        parts += [_retention_of_image(part).assign(image=name, region=region) for name, part in blocks]
+    empty = {"image": pd.Series(dtype=str), "region": pd.Series(dtype=str)}
+    out = pd.concat(parts, ignore_index=True) if parts else _retention_of_image(table).assign(**empty)
+    return out[["image", "region", *[c for c in out.columns if c not in ("image", "region")]]]
 
 
 def pooled(retention: pd.DataFrame) -> pd.DataFrame:
-    """The rows of :func:`retention_by_class` over every image: block ``all``, or the only image's."""
+    """The rows of :func:`retention_by_class` over every image: block ``all``, or the only image's (per region)."""
     images = retention["image"].astype(str)
     if not len(retention):
         return retention

@@ -34,19 +34,20 @@ from medpipe.stats.agreement import (
 
 logger = logging.getLogger(__name__)
 
-_KEYS = ["image", "feature", "image_type", "feature_class", "class", "ibsi_code"]
+_KEYS = ["image", "region", "feature", "image_type", "feature_class", "class", "ibsi_code"]
 _PER_PERTURBATION = ["ccc", "ccc_ci_low", "ccc_ci_high", "icc31", "icc21", "mean_diff", "status", "reproducible"]
 
 
 def _icc_all(features: pd.DataFrame, sources: Sequence[str], *, min_subjects: int) -> pd.DataFrame:
     """ICC(3,1) / ICC(2,1) of every feature with all ``sources`` as raters (complete subjects only)."""
     rows = features[(features["kind"] == "pyradiomics") & features["source"].isin(sources)]
-    wide = rows.pivot_table(index=["image", "feature", "subject"], columns="source", values="value", aggfunc="first")
+    index = ["image", "region", "feature", "subject"]
+    wide = rows.pivot_table(index=index, columns="source", values="value", aggfunc="first")
     wide = wide.reindex(columns=list(sources)).dropna()
     records = []
-    for (image, feature), part in wide.groupby(level=["image", "feature"], sort=True):
+    for (image, region, feature), part in wide.groupby(level=index[:3], sort=True):
         ratings = part.to_numpy(dtype=float)
-        record: dict[str, object] = {"image": image, "feature": feature, "n_all": len(ratings)}
+        record: dict[str, object] = {"image": image, "region": region, "feature": feature, "n_all": len(ratings)}
         if len(ratings) >= min_subjects and not np.all(ratings == ratings[0, 0]):
             record.update({f"{k}_all": v for k, v in icc(ratings, min_subjects=min_subjects).items()})
         records.append(record)
@@ -107,7 +108,7 @@ def robustness_tables(
     merged["robust"] = ok & reproducible
     if len(perturbations) >= 2:
         icc_all = _icc_all(features, [reference, *perturbations], min_subjects=least)
-        merged = merged.merge(icc_all, on=["image", "feature"], how="left")
+        merged = merged.merge(icc_all, on=["image", "region", "feature"], how="left")
     combined = merged[_KEYS].assign(
         status=np.where(ok, "ok", "not_evaluable_for_every_perturbation"),
         reproducible=merged["robust"],
@@ -116,13 +117,15 @@ def robustness_tables(
     blocks.append(retention_by_class(combined).assign(perturbation="all"))
     by_class = pd.concat(blocks, ignore_index=True)
     by_class = by_class[["perturbation", *[c for c in by_class.columns if c != "perturbation"]]]
-    return merged.sort_values(["image", "class", "feature"], kind="stable").reset_index(drop=True), by_class
+    order = ["image", "region", "class", "feature"]
+    return merged.sort_values(order, kind="stable").reset_index(drop=True), by_class
 
 
 def plot_retention(by_class: pd.DataFrame, out: str | Path, *, cutoff: float, title: str) -> Path:
     """Grouped bars: percentage of reproducible features per class, one bar per perturbation; PNG.
 
-    With several images, the bars are of the rows pooled over them (:func:`medpipe.stats.agreement.pooled`)."""
+    One panel per region (the structure's, then each derived region's). With several images, the bars are of the
+    rows pooled over them (:func:`medpipe.stats.agreement.pooled`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,18 +134,21 @@ def plot_retention(by_class: pd.DataFrame, out: str | Path, *, cutoff: float, ti
     by_class = pd.concat([pooled(part) for _, part in by_class.groupby("perturbation", sort=False)])
     classes = [c for c in [*CLASSES, "all"] if c in set(by_class["class"])]
     names = list(dict.fromkeys(by_class["perturbation"]))
-    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
+    regions = sorted(by_class["region"].astype(str).unique()) or [""]
+    fig, axes = plt.subplots(len(regions), 1, figsize=(10, 4.5 * len(regions)), dpi=100, squeeze=False)
     width = 0.8 / max(len(names), 1)
-    for i, name in enumerate(names):
-        part = by_class[by_class["perturbation"] == name].set_index("class").reindex(classes)
-        xs = np.arange(len(classes)) + (i - (len(names) - 1) / 2) * width
-        bars = ax.bar(xs, part["percent_reproducible"].fillna(0.0), width, label=name)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    ax.set_xticks(np.arange(len(classes)), classes)
-    ax.set_ylim(0, 110)
-    ax.set_ylabel(f"features with CCC >= {cutoff:.2f} (%)")
-    ax.set_title(title)
-    ax.legend(title="perturbation", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    for ax, region in zip(axes[:, 0], regions, strict=True):
+        rows = by_class[by_class["region"].astype(str) == region]
+        for i, name in enumerate(names):
+            part = rows[rows["perturbation"] == name].set_index("class").reindex(classes)
+            xs = np.arange(len(classes)) + (i - (len(names) - 1) / 2) * width
+            bars = ax.bar(xs, part["percent_reproducible"].fillna(0.0), width, label=name)
+            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        ax.set_xticks(np.arange(len(classes)), classes)
+        ax.set_ylim(0, 110)
+        ax.set_ylabel(f"features with CCC >= {cutoff:.2f} (%)")
+        ax.set_title(f"{title}: region {region}" if len(regions) > 1 else title)
+        ax.legend(title="perturbation", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return save_png(fig, out)
 
@@ -185,7 +191,7 @@ def robustness_report(
     logger.info(
         "robustness of %d features: %s",
         len(table),
-        "; ".join(f"{r['perturbation']} {r['percent_reproducible']}%" for _, r in all_rows.iterrows()),
+        "; ".join(f"{r['region']} {r['perturbation']} {r['percent_reproducible']}%" for _, r in all_rows.iterrows()),
     )
     write_tsv(by_class, out_by_class)
     n_subjects = int(features.loc[features["source"] == reference, "subject"].nunique())
