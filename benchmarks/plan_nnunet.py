@@ -406,30 +406,32 @@ def nnunet_rows(
 
 
 def medpipe_rows(plan: Plan, channels: Sequence[str]) -> dict[str, str]:
-    """Display values of one medpipe plan (its array axis order)."""
+    """Display values of one medpipe plan (its array axis order; a 2D plan's slice axis is ``slice_axis``)."""
     arch = plan.value(ARCH)
     dims = 2 if arch == "unet2d" else 3
+    axis = int(plan.value("segmentation.model.slice_axis")) if dims == 2 else -1  # -1: no slice axis (3D)
+    order = [a for a in range(3) if a != axis] + ([axis] if dims == 2 else [])  # in-plane axes, then the slices
     patch = [int(v) for v in plan.value("segmentation.train.patch_size")]
     strides = [int(s) for s in plan.value("segmentation.model.strides")]
     features = [int(f) for f in plan.value("segmentation.model.channels")]
-    per_stage = [[1, 1, 1]] + [[s, s, s if dims == 3 else 1] for s in strides]
+    per_stage = [[1, 1, 1]] + [[1 if a == axis else s for a in range(3)] for s in strides]
     median = [_num(float(v)) for v in plan.inputs["median_shape_at_target"]]
     batch = int(plan.value("segmentation.train.batch_size"))
-    coverage = np.prod(patch) / np.prod(median if dims == 3 else [*median[:2], 1])
+    coverage = np.prod(patch) / np.prod([1 if a == axis else m for a, m in enumerate(median)])
     cascade = "-"
     if arch == "cascade":
         cascade = f"yes, coarse_factor {plan.value('segmentation.model.cascade.coarse_factor')}"
-    mem = rules.memory_mb(patch, batch, features, dims)
+    mem = rules.memory_mb([patch[a] for a in order], batch, features, dims)
     spacing = [_num(float(v)) for v in plan.value("preprocess.target_spacing_mm")]
     return {
-        "spacing": _fmt(spacing if dims == 3 else [*spacing[:2], f"{spacing[2]} (slices)"]),
+        "spacing": _fmt([f"{v} (slices)" if a == axis else v for a, v in enumerate(spacing)]),
         "median": _fmt(median),
         "patch": _fmt(patch),
         "coverage": f"{100 * coverage:.1f} %" + (" of a slice" if dims == 2 else ""),
         "batch": str(batch),
-        "pools": _fmt([len(strides), len(strides), len(strides) if dims == 3 else 0]),
+        "pools": _fmt([0 if a == axis else len(strides) for a in range(3)]),
         "strides": _fmt(per_stage),
-        "kernels": _fmt([[3, 3, 3 if dims == 3 else 1]] * len(per_stage)),
+        "kernels": _fmt([[1 if a == axis else 3 for a in range(3)]] * len(per_stage)),
         "stages": str(len(features)),
         "convs": "one residual block (2 convs) per stage, encoder and decoder (DynUNet res_block)",
         "features": _fmt(features),

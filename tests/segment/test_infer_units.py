@@ -19,6 +19,14 @@ def test_mirror_axes() -> None:
     assert mirror_axes("cascade", False) == [()]
 
 
+def test_mirror_axes_of_a_2d_net_are_its_in_plane_axes() -> None:
+    assert mirror_axes("unet2d", True, 0) == [(), (1,), (2,), (1, 2)]
+    assert mirror_axes("unet2d", True, 1) == [(), (0,), (2,), (0, 2)]
+    assert mirror_axes("unet2d", True, 2) == mirror_axes("unet2d", True) == [(), (0,), (1,), (0, 1)]
+    assert mirror_axes("unet3d", True, 0) == mirror_axes("unet3d", True)  # 3D nets flip every axis
+    assert mirror_axes("unet2d", False, 0) == [()]
+
+
 def test_cascade_roi_and_paste() -> None:
     probs = torch.zeros(1, 2, 20, 20, 20)
     probs[:, 0] = 1.0

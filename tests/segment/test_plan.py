@@ -196,3 +196,50 @@ def test_time_steps_measures_the_planned_network() -> None:
     assert timing.peak_memory_mb is None or timing.peak_memory_mb >= 0
     assert memory_budget_mb(prefer_cuda=False) > 0
     assert seconds_per_epoch(settings, 1, steps=1) > 0
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_thick_sagittal_or_coronal_slices_are_planned_2d_across_that_axis(tmp_path: Path, axis: int) -> None:
+    """A cohort whose 5 mm axis is 0 or 1 is planned as the same cohort with that axis last, axes put back."""
+    shape, spacing = [64, 64, 64], [1.0, 1.0, 1.0]
+    shape[axis], spacing[axis] = 12, 5.0
+    fp = cohort(tmp_path / "thick", (shape[0], shape[1], shape[2]), (spacing[0], spacing[1], spacing[2]))
+    plan = make_plan(fp, budget=BUDGET)
+    assert plan.value("segmentation.model.architecture") == "unet2d"
+    assert "thick slices" in decision(plan, "segmentation.model.architecture")["rule"]
+    assert plan.value("segmentation.model.slice_axis") == axis
+    row = decision(plan, "segmentation.model.slice_axis")
+    assert row["source"] == "plan" and f"slices across axis {axis}" in row["rule"]
+    patch = plan.value("segmentation.train.patch_size")
+    assert patch[axis] == 1 and [p for a, p in enumerate(patch) if a != axis] == [64, 64]
+    depth = len(plan.value("segmentation.model.strides"))
+    assert all(p % 2**depth == 0 for a, p in enumerate(patch) if a != axis)
+    axial = make_plan(cohort(tmp_path / "axial", (64, 64, 12), (1.0, 1.0, 5.0)), budget=BUDGET)
+    assert axial.value("segmentation.model.slice_axis") == 2
+    assert axial.value("segmentation.train.patch_size") == [64, 64, 1]
+    for key in ("segmentation.model.strides", "segmentation.model.channels", "segmentation.train.batch_size"):
+        assert plan.value(key) == axial.value(key), key
+    config = plan.config()
+    assert resolve_settings(config["segmentation"])["model"]["slice_axis"] == axis  # the schema takes it
+
+
+def test_a_typed_slice_axis_is_an_override_and_sets_the_thin_patch_axis(tmp_path: Path) -> None:
+    fp = cohort(tmp_path, (12, 64, 64), (5.0, 1.0, 1.0))
+    typed = {"segmentation": {"model": {"slice_axis": 1}}}
+    plan = make_plan(fp, overrides=typed, budget=BUDGET)
+    row = decision(plan, "segmentation.model.slice_axis")
+    assert row["source"] == "override" and json.loads(row["value"]) == 1 and "plan: 0" in row["rule"]
+    patch = plan.value("segmentation.train.patch_size")
+    assert patch[1] == 1 and patch[0] > 1 and patch[2] > 1
+    typed_patch = make_plan(fp, overrides={"segmentation": {"train": {"patch_size": [1, 32, 48]}}}, budget=BUDGET)
+    assert typed_patch.value("segmentation.train.patch_size") == [1, 32, 48]
+    assert typed_patch.value("segmentation.model.strides") == [2, 2, 2]  # the in-plane 32 x 48 pools 3 times
+    with pytest.raises(ConfigError, match="slice_axis = 3"):
+        make_plan(fp, overrides={"segmentation": {"model": {"slice_axis": 3}}}, budget=BUDGET)
+
+
+def test_a_3d_plan_records_no_slice_axis(tmp_path: Path) -> None:
+    fp = cohort(tmp_path, (48, 48, 48), (1.0, 1.0, 1.0), radius=8.0)
+    plan = make_plan(fp, budget=BUDGET)
+    assert plan.value("segmentation.model.architecture") == "unet3d"
+    assert "segmentation.model.slice_axis" not in {r["key"] for r in plan.table()}

@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from medpipe.core.errors import DataError
+from medpipe.segment import sliding
 from medpipe.segment.infer import predict_case
 from medpipe.segment.model import load_model
+from medpipe.segment.sliding import model_members, sliding_probabilities
 from medpipe.segment.train import train_fold
 
-from .conftest import AFFINE, make_case
+from .conftest import AFFINE, SHAPE, make_case
 
 
 def _train(cases: dict[str, Any], settings: dict[str, Any], out: Path, **kw: Any) -> Path:
@@ -81,6 +83,43 @@ def test_one_epoch_then_predict_in_input_geometry(
     assert summary["n_members"] == (4 if arch == "unet2d" else 8)  # mirror TTA
     assert 0.0 <= summary["score"] <= 1.0 and isinstance(summary["flag"], bool)
     assert summary["subject"] == "T1" and summary["threshold"] == 0.35 and isinstance(summary["reasons"], list)
+
+
+@pytest.mark.parametrize(("axis", "patch"), [(0, [1, 16, 16]), (1, [16, 1, 16])])
+def test_unet2d_across_axis_0_or_1_trains_and_predicts_slice_by_slice(
+    cases: dict[str, Any],
+    tiny_settings: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    axis: int,
+    patch: list[int],
+) -> None:
+    tiny_settings["model"].update(architecture="unet2d", slice_axis=axis)
+    tiny_settings["train"].update(patch_size=patch, iterations_per_epoch=1)
+    model = _train(cases, tiny_settings, tmp_path / "m")
+    seg = load_model(model)
+    assert seg.settings["model"]["slice_axis"] == axis
+    summary = _predict(cases, model, tiny_settings, tmp_path / "p")
+    assert nib.load(tmp_path / "p" / "pred.nii.gz").shape == nib.load(cases["test_images"][0]).shape
+    assert summary["n_members"] == 4  # mirror TTA: the two in-plane axes
+    net, settings = seg.nets["fine"], seg.settings
+    image = torch.randn(1, 2, *SHAPE, generator=torch.Generator().manual_seed(1))
+    probs = sliding_probabilities(net, image, settings)
+    assert probs.shape == (1, 2, *SHAPE)
+    for i in (0, 7):  # a slice predicted on its own is that slice of the volume's prediction
+        torch.testing.assert_close(
+            probs.narrow(2 + axis, i, 1), sliding_probabilities(net, image.narrow(2 + axis, i, 1), settings)
+        )
+    bumped = image.clone()
+    bumped.select(2 + axis, 5).add_(5.0 * torch.randn(bumped.select(2 + axis, 5).shape))
+    others = [d for d in range(5) if d != 2 + axis]
+    diff = (sliding_probabilities(net, bumped, settings) - probs).abs().amax(dim=others)
+    assert diff[5] > 1e-3
+    assert float(torch.cat([diff[:5], diff[6:]]).max()) <= 1e-6  # no other slice changed
+    flips: list[tuple[int, ...]] = []
+    monkeypatch.setattr(sliding, "sliding_probabilities", lambda n, x, s, f, amp: flips.append(f) or probs)
+    model_members(seg, image, {"tta": True})
+    assert flips == [(), *[(a,) for a in range(3) if a != axis], tuple(a for a in range(3) if a != axis)]
 
 
 def test_resume_after_crash_gives_identical_weights(

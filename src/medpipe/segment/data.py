@@ -108,14 +108,27 @@ def load_cases(
     return cases
 
 
+def _per_axis(value: float, slice_wise: bool, slice_axis: int, *, on_slice_axis: bool) -> tuple[float, ...]:
+    """``value`` on every axis (3D); slice-wise: on the slice axis only (rotation about it, in the slice plane),
+    or on the two in-plane axes only (scaling)."""
+    if not slice_wise:
+        return (value, value, value)
+    return tuple(value if (a == slice_axis) == on_slice_axis else 0.0 for a in range(3))
+
+
 def augmentations(
-    aug: Mapping[str, Any], keys: Sequence[str], *, slice_wise: bool, patch_size: Sequence[int]
+    aug: Mapping[str, Any],
+    keys: Sequence[str],
+    *,
+    slice_wise: bool,
+    patch_size: Sequence[int],
+    slice_axis: int = 2,
 ) -> list[mt.Transform]:
     """MONAI random transforms for flips, rotation/scaling, elastic deformation, gamma, noise and blur.
 
     ``keys`` lists ``image``, ``label`` and optionally ``sdm``; labels are resampled with nearest
-    neighbour. ``slice_wise`` (2D U-Net) restricts rotations to the slice plane and skips the 3D
-    elastic deformation.
+    neighbour. ``slice_wise`` (2D U-Net) restricts rotation, scaling and blur to the plane of the
+    slices across ``slice_axis`` (rotation about that axis) and skips the 3D elastic deformation.
     """
     keys = list(keys)
     modes = ["nearest" if k == "label" else "bilinear" for k in keys]
@@ -130,8 +143,8 @@ def augmentations(
             mt.RandAffined(
                 keys,
                 prob=float(aug["affine"]),
-                rotate_range=(0.0, 0.0, rot) if slice_wise else (rot, rot, rot),
-                scale_range=(scale, scale, 0.0) if slice_wise else (scale, scale, scale),
+                rotate_range=_per_axis(rot, slice_wise, slice_axis, on_slice_axis=True),
+                scale_range=_per_axis(scale, slice_wise, slice_axis, on_slice_axis=False),
                 mode=modes,
                 padding_mode="border",
                 spatial_size=patch_size,
@@ -158,9 +171,9 @@ def augmentations(
             mt.RandGaussianSmoothd(
                 "image",
                 prob=float(aug["blur"]),
-                sigma_x=(0.5, 1.0),
-                sigma_y=(0.5, 1.0),
-                sigma_z=(0.0, 0.0) if slice_wise else (0.5, 1.0),
+                sigma_x=(0.0, 0.0) if slice_wise and slice_axis == 0 else (0.5, 1.0),
+                sigma_y=(0.0, 0.0) if slice_wise and slice_axis == 1 else (0.5, 1.0),
+                sigma_z=(0.0, 0.0) if slice_wise and slice_axis == 2 else (0.5, 1.0),
             )
         )
     return out
@@ -197,6 +210,7 @@ def patch_dataset(cases: Sequence[Case], settings: Mapping[str, Any], *, with_sd
         raise DataError(f"segmentation.train.foreground_ratio = {ratio} must lie in [0, 1]")
     aug = settings["augment"] if train.get("augment", True) else {}
     slice_wise = settings["model"]["architecture"] == "unet2d"
+    axis = int(settings["model"].get("slice_axis", 2))
     pipeline = [
         mt.EnsureTyped(keys, track_meta=False),
         mt.SpatialPadd(keys, spatial_size=patch, mode="constant"),
@@ -209,7 +223,7 @@ def patch_dataset(cases: Sequence[Case], settings: Mapping[str, Any], *, with_sd
             num_samples=1,
             allow_smaller=False,
         ),
-        *augmentations(aug, keys, slice_wise=slice_wise, patch_size=patch),
+        *augmentations(aug, keys, slice_wise=slice_wise, patch_size=patch, slice_axis=axis),
         mt.EnsureTyped(keys, track_meta=False, dtype=None),
     ]
     return CacheDataset(data, transform=mt.Compose(pipeline), cache_rate=1.0, num_workers=0, progress=False)

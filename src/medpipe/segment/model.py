@@ -8,8 +8,8 @@ Everything is built from MONAI blocks: :class:`monai.networks.nets.DynUNet` supp
 (or ``ResidualSELayer``) recalibrates the channels after every encoder and decoder stage.
 
 Every network takes and returns 5D tensors ``(B, C, X, Y, Z)``: a 2D U-Net is wrapped in
-:class:`SliceWise`, which folds the slice axis ``Z`` into the batch, so patch sampling, sliding
-windows, losses and test-time flips are the same code for 2D and 3D.
+:class:`SliceWise`, which folds the slice axis (``model.slice_axis``, ``Z`` by default) into the batch,
+so patch sampling, sliding windows, losses and test-time flips are the same code for 2D and 3D.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from medpipe.core.io import atomic_path
 logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("unet3d", "unet2d", "cascade")
+#: Array axes a 2D network may slice along (``segmentation.model.slice_axis``).
+SLICE_AXES = (0, 1, 2)
 #: ``format`` tag of a model file written by :func:`save_model`.
 MODEL_FORMAT = "medpipe-seg-1"
 #: Packages whose versions the sidecars of the train and predict outputs record.
@@ -102,18 +104,30 @@ class SEDynUNet(DynUNet):
 
 
 class SliceWise(nn.Module):
-    """Apply a 2D network to every slice ``z`` of a 5D tensor ``(B, C, X, Y, Z)``."""
+    """Apply a 2D network to every slice of a 5D tensor ``(B, C, X, Y, Z)`` across ``slice_axis``.
 
-    def __init__(self, net: SEDynUNet) -> None:
+    Parameters
+    ----------
+    net
+        The 2D network.
+    slice_axis
+        Spatial axis (0 = ``X``, 1 = ``Y``, 2 = ``Z``) folded into the batch; the network sees the
+        planes of the two other axes, in their array order.
+    """
+
+    def __init__(self, net: SEDynUNet, slice_axis: int = 2) -> None:
         super().__init__()
         self.net = net
+        self.slice_axis = int(slice_axis)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, nx, ny, nz = x.shape
-        flat = x.permute(0, 4, 1, 2, 3).reshape(b * nz, c, nx, ny)
-        out = self.net(flat)  # (B*Z, C', X, Y) or (B*Z, H, C', X, Y) with deep supervision
-        out = out.reshape(b, nz, *out.shape[1:])
-        return out.movedim(1, -1).contiguous()
+        dim = 2 + self.slice_axis
+        b, c, n = x.shape[0], x.shape[1], x.shape[dim]
+        moved = x.movedim(dim, 1)  # (B, S, C, P, Q): for slice axis 2 the permutation (0, 4, 1, 2, 3)
+        flat = moved.reshape(b * n, c, *moved.shape[3:])
+        out = self.net(flat)  # (B*S, C', P, Q) or (B*S, H, C', P, Q) with deep supervision
+        out = out.reshape(b, n, *out.shape[1:])
+        return out.movedim(1, out.dim() - 3 + self.slice_axis).contiguous()
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Parameters of the contracting path."""
@@ -129,6 +143,9 @@ def _check_model_settings(m: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"segmentation.model: channels {channels} need exactly len(channels) - 1 strides, got {strides}"
         )
+    axis = m.get("slice_axis", 2)
+    if isinstance(axis, bool) or axis not in SLICE_AXES:
+        raise ConfigError(f"segmentation.model.slice_axis = {axis!r}; expected one of {SLICE_AXES}")
     if m.get("squeeze_excitation") not in (None, False, True, "channel", "residual"):
         raise ConfigError(
             "segmentation.model.squeeze_excitation must be true, false, 'channel' or 'residual', "
@@ -147,7 +164,8 @@ def build_network(
         Keys: ``architecture`` (``unet3d``/``unet2d``/``cascade``; a cascade stage is a 3D net),
         ``channels`` (filters per level), ``strides`` (per downsampling), ``num_res_units``
         (> 0: residual units), ``squeeze_excitation`` (true/``channel``/``residual``/false),
-        ``se_reduction``, ``dropout``, ``deep_supervision`` (number of extra heads, 0 = off).
+        ``se_reduction``, ``dropout``, ``deep_supervision`` (number of extra heads, 0 = off),
+        ``slice_axis`` (``unet2d``: the array axis it slices along, default 2).
     in_channels, out_channels
         Input sequences and output classes (background included).
     spatial_dims
@@ -193,15 +211,23 @@ def build_network(
         ds,
         n_params,
     )
-    return SliceWise(net) if dims == 2 else net
+    return SliceWise(net, slice_axis(model)) if dims == 2 else net
+
+
+def slice_axis(model: Mapping[str, Any]) -> int:
+    """The array axis a ``unet2d`` slices along (``model.slice_axis``; 2 for settings that predate it)."""
+    return int(model.get("slice_axis", 2))
 
 
 def divisor(model: Mapping[str, Any]) -> list[int]:
-    """Patch sizes must be multiples of these per-axis factors (product of the strides)."""
+    """Patch sizes must be multiples of these per-axis factors (product of the strides; 1 on a 2D net's slice axis)."""
     f = 1
     for s in model["strides"]:
         f *= int(s)
-    return [f, f, 1] if model.get("architecture") == "unet2d" else [f, f, f]
+    if model.get("architecture") != "unet2d":
+        return [f, f, f]
+    axis = slice_axis(model)
+    return [1 if a == axis else f for a in range(3)]
 
 
 def check_patch_size(model: Mapping[str, Any], patch: Sequence[int], what: str = "patch_size") -> None:

@@ -8,10 +8,13 @@ wins; the rule text says what the plan would have chosen). The rules, in order:
 * target spacing (``preprocess.target_spacing_mm``): nnU-Net's median / 10th-percentile rule
   (:func:`medpipe.segment.plan_rules.target_spacing`);
 * 2D or 3D (``segmentation.model.architecture``): the reference study's flowchart. Thick slices (median slice
-  spacing >= :data:`THICK_SLICE_RATIO` x the in-plane spacing, nnU-Net's ``ANISO_THRESHOLD``) -> 2D, which
-  medpipe runs along array axis 2 only; a small cohort (<= :data:`SMALL_COHORT` subjects) of tube- or line-shaped
-  structures (median elongation >= :data:`TUBE_ELONGATION` for every class) -> 2D; fewer than 8 slices -> 2D;
-  otherwise 3D. nnU-Net itself trains 2D and 3D and picks by cross-validation; medpipe plans one;
+  spacing >= :data:`THICK_SLICE_RATIO` x the in-plane spacing, nnU-Net's ``ANISO_THRESHOLD``) -> 2D across the
+  thick axis, whichever array axis it is; a small cohort (<= :data:`SMALL_COHORT` subjects) of tube- or
+  line-shaped structures (median elongation >= :data:`TUBE_ELONGATION` for every class) -> 2D; fewer than 8
+  slices on axis 2 -> 2D; otherwise 3D. nnU-Net itself trains 2D and 3D and picks by cross-validation; medpipe
+  plans one;
+* slice axis (``segmentation.model.slice_axis``, 2D only): the thick axis when there is one, else axis 2 (the
+  schema default); the 2D patch is one voxel thick on it;
 * patch, pooling and batch (``segmentation.train.patch_size``, ``segmentation.model.strides`` and ``channels``,
   ``segmentation.train.batch_size``): nnU-Net's patch search with :func:`~.plan_rules.memory_mb` against
   ``Budget.memory_mb``. nnU-Net pools each axis on its own; ``segmentation.model.strides`` applies one stride to
@@ -121,16 +124,20 @@ class _Recorder:
         return decision.value
 
 
-def _dims(fp: DatasetFingerprint, median_shape: Sequence[float]) -> tuple[int, str]:
-    """2D or 3D by the flowchart rules (module docstring) and the reason."""
+def _thick_axis(fp: DatasetFingerprint) -> tuple[int, float, str]:
+    """The coarsest axis of the median spacing, its ratio to the coarser of the two others, and the numbers as text."""
     med = np.median(fp.spacings, axis=0)
     worst = int(np.argmax(med))
     ratio = float(med[worst] / max(med[i] for i in range(3) if i != worst))
-    slices = f"median spacing {[round(float(v), 3) for v in med]} mm: axis {worst} is {ratio:.2f}x the others"
-    if ratio >= THICK_SLICE_RATIO and worst == 2:
-        return 2, f"thick slices ({slices}, >= {THICK_SLICE_RATIO:g}): 2D (reference study; nnU-Net ANISO_THRESHOLD)"
+    text = f"median spacing {[round(float(v), 3) for v in med]} mm: axis {worst} is {ratio:.2f}x the others"
+    return worst, ratio, text
+
+
+def _dims(fp: DatasetFingerprint, median_shape: Sequence[float]) -> tuple[int, str]:
+    """2D or 3D by the flowchart rules (module docstring) and the reason."""
+    _, ratio, slices = _thick_axis(fp)
     if ratio >= THICK_SLICE_RATIO:
-        return 3, f"{slices}, but unet2d slices along axis 2 only: 3D with nnU-Net's anisotropic pooling"
+        return 2, f"thick slices ({slices}, >= {THICK_SLICE_RATIO:g}): 2D (reference study; nnU-Net ANISO_THRESHOLD)"
     if median_shape[2] < 2 * rules.FEATUREMAP_MIN_EDGE:
         return 2, f"median image has {median_shape[2]:g} slices (< {2 * rules.FEATUREMAP_MIN_EDGE}): cannot pool in 3D"
     elong = fp.median_elongation()
@@ -140,6 +147,19 @@ def _dims(fp: DatasetFingerprint, median_shape: Sequence[float]) -> tuple[int, s
             f"{elong} >= {TUBE_ELONGATION:g}): 2D (reference study)"
         )
     return 3, f"{slices} (< {THICK_SLICE_RATIO:g}); classes not tube-shaped (elongation {elong}): 3D"
+
+
+def _slice_axis(rec: _Recorder, fp: DatasetFingerprint) -> int:
+    """2D: the slice-axis decision (the thick axis, else axis 2); returns the axis that holds."""
+    worst, ratio, slices = _thick_axis(fp)
+    if ratio >= THICK_SLICE_RATIO:
+        planned, why = worst, f"thick axis ({slices}, >= {THICK_SLICE_RATIO:g}): slices across axis {worst}"
+    else:
+        planned, why = 2, f"no thick axis ({slices}, < {THICK_SLICE_RATIO:g}): axis 2, the schema default"
+    value = rec.decide("segmentation.model.slice_axis", planned, why)
+    if isinstance(value, bool) or value not in (0, 1, 2):
+        raise ConfigError(f"segmentation.model.slice_axis = {value!r}; expected 0, 1 or 2")
+    return int(value)
 
 
 def _spacing(rec: _Recorder, fp: DatasetFingerprint) -> np.ndarray:
@@ -242,7 +262,10 @@ def make_plan(fingerprint: DatasetFingerprint, *, overrides: Mapping[str, Any] |
     typed_arch = rec.typed("segmentation.model.architecture")
     dims = planned_dims if typed_arch is MISSING else (2 if typed_arch == "unet2d" else 3)
     dataset_voxels = float(np.prod(median_shape)) * len(fingerprint.subjects)
-    net, decisions = plan_network(rec.typed, dims, spacing, median_shape, budget.memory_mb, dataset_voxels, defaults)
+    axis = _slice_axis(rec, fingerprint) if dims == 2 else 2
+    net, decisions = plan_network(
+        rec.typed, dims, spacing, median_shape, budget.memory_mb, dataset_voxels, defaults, slice_axis=axis
+    )
     arch, arch_why = ("unet2d" if planned_dims == 2 else "unet3d"), dims_why
     if dims == 3:
         geometry = (spacing, median_shape, np.max(np.asarray(full, dtype=np.float64), axis=0))

@@ -42,7 +42,7 @@ class NetworkPlan:
     dims
         2 (slice-wise) or 3.
     patch
-        ``segmentation.train.patch_size`` (3 entries; 2D: the last is 1 slice).
+        ``segmentation.train.patch_size`` (3 entries; 2D: 1 slice on ``slice_axis``).
     features, strides
         ``segmentation.model.channels`` and ``strides``.
     batch
@@ -57,6 +57,33 @@ class NetworkPlan:
     strides: tuple[int, ...]
     batch: int
     memory_mb: float
+    slice_axis: int = 2
+
+
+def axis_order(dims: int, slice_axis: int) -> list[int]:
+    """Array axes in planning order: 2D plans the two in-plane axes first and the slice axis last.
+
+    The patch search and the memory estimate (:func:`.plan_rules.memory_mb`) count slices on the last
+    entry; a 2D plan across ``slice_axis`` runs on the axes in this order and is put back in array order.
+
+    Raises
+    ------
+    ConfigError
+        When ``slice_axis`` is not 0, 1 or 2.
+    """
+    if isinstance(slice_axis, bool) or slice_axis not in (0, 1, 2):
+        raise ConfigError(f"segmentation.model.slice_axis = {slice_axis!r}; expected 0, 1 or 2")
+    if dims != 2:
+        return [0, 1, 2]
+    return [*(a for a in range(3) if a != slice_axis), slice_axis]
+
+
+def _in_array_order(values: Sequence[int], order: Sequence[int]) -> tuple[int, ...]:
+    """``values`` given in planning ``order`` (:func:`axis_order`), in array order."""
+    out = [0, 0, 0]
+    for value, axis in zip(values, order, strict=True):
+        out[axis] = int(value)
+    return tuple(out)
 
 
 def _trailing_pools(n: int) -> int:
@@ -157,6 +184,22 @@ def _fit(
     return _patch3(props.patch_size, dims), features, strides, mem, why, depth_why
 
 
+def _typed_in_order(typed: Typed, order: Sequence[int]) -> Typed:
+    """``typed`` with a typed ``segmentation.train.patch_size`` given in planning ``order``."""
+    if list(order) == [0, 1, 2]:
+        return typed
+
+    def reordered(key: str) -> Any:
+        value = typed(key)
+        if key != "segmentation.train.patch_size" or value is MISSING:
+            return value
+        if len(value) != 3:
+            raise ConfigError(f"segmentation.train.patch_size {list(value)} must have 3 entries")
+        return [value[a] for a in order]
+
+    return reordered
+
+
 def plan_network(
     typed: Typed,
     dims: int,
@@ -165,25 +208,33 @@ def plan_network(
     budget_mb: float,
     dataset_voxels: float,
     defaults: Mapping[str, Any],
+    slice_axis: int = 2,
 ) -> tuple[NetworkPlan, Decisions]:
     """Patch, strides, filters and batch for ``dims`` under ``budget_mb`` (decisions: module docstring).
+
+    ``slice_axis`` (2D): the array axis the patch is one slice thick on; the search runs on the two others.
 
     Raises
     ------
     ConfigError
-        When no patch fits the budget (from :func:`medpipe.segment.plan_rules.fit_patch`) or the typed
-        channels and strides disagree.
+        When no patch fits the budget (from :func:`medpipe.segment.plan_rules.fit_patch`), the typed
+        channels and strides disagree, or ``slice_axis`` is not 0, 1 or 2.
     """
     base = int(defaults["model"]["channels"][0])
+    order = axis_order(dims, slice_axis)
     patch, features, strides, _, patch_why, depth_why = _fit(
-        dims, spacing[:dims], median_shape[:dims], budget_mb, typed, base
+        dims, spacing[order][:dims], median_shape[order][:dims], budget_mb, _typed_in_order(typed, order), base
     )
+    if dims == 2 and slice_axis != 2:
+        patch_why += f" (slices across axis {slice_axis}; the search ran on axes {order[:2]})"
     t_batch = typed("segmentation.train.batch_size")
     batch, batch_why = rules.batch_size(
         lambda b: rules.memory_mb(patch, b, features, dims), budget_mb, float(np.prod(patch)), dataset_voxels
     )
     batch = batch if t_batch is MISSING else int(t_batch)
-    net = NetworkPlan(dims, patch, features, strides, batch, rules.memory_mb(patch, batch, features, dims))
+    memory = rules.memory_mb(patch, batch, features, dims)
+    patch = _in_array_order(patch, order)
+    net = NetworkPlan(dims, patch, features, strides, batch, memory, slice_axis if dims == 2 else 2)
     channels_why = (
         f"{base} filters (first entry of the schema default; nnU-Net starts at 32) doubling per level, at most "
         f"{rules.MAX_FEATURES[dims]} (nnU-Net)"

@@ -17,16 +17,19 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from medpipe.segment import cascade
-from medpipe.segment.model import SegModel, autocast, divisor
+from medpipe.segment.model import SegModel, autocast, divisor, slice_axis
 
 logger = logging.getLogger(__name__)
 
 
-def mirror_axes(architecture: str, tta: bool) -> list[tuple[int, ...]]:
-    """Spatial axes flipped by each TTA member (``()`` = identity); slice-wise nets flip in-plane only."""
+def mirror_axes(architecture: str, tta: bool, slice_axis: int = 2) -> list[tuple[int, ...]]:
+    """Spatial axes flipped by each TTA member (``()`` = identity).
+
+    A slice-wise net (``unet2d``) flips only the two in-plane axes, those other than ``slice_axis``.
+    """
     if not tta:
         return [()]
-    axes = (0, 1) if architecture == "unet2d" else (0, 1, 2)
+    axes = tuple(a for a in range(3) if a != slice_axis) if architecture == "unet2d" else (0, 1, 2)
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
@@ -79,7 +82,7 @@ def model_members(
     """
     settings = {**model.settings, "infer": {**model.settings["infer"], **dict(infer)}}
     arch = settings["model"]["architecture"]
-    flips = mirror_axes(arch, bool(settings["infer"]["tta"]))
+    flips = mirror_axes(arch, bool(settings["infer"]["tta"]), slice_axis(settings["model"]))
     fine = model.nets["fine"]
     if arch != "cascade":
         return [sliding_probabilities(fine, image, settings, f, amp) for f in flips]
