@@ -49,19 +49,17 @@ def _params(tmp_path: Path, data: dict) -> Path:
     return path
 
 
+def _extract(img: Path, msk: Path, out: Path, params: Path, *, subject: str, source: str, image: str = "T1w") -> Path:
+    """:func:`extract_features` of the structure's own region (``label.name`` lesion)."""
+    return extract_features(
+        img, msk, out, subject=subject, source=source, image_name=image, params_file=params, region="lesion"
+    )
+
+
 def test_extract_features_table(tmp_path: Path) -> None:
     img, msk = _case(tmp_path)
     params = _params(tmp_path, {**FAST, "medpipe": {"spacing_mm": [2.0, 2.0, 2.0]}})
-    out = extract_features(
-        img,
-        msk,
-        tmp_path / "f.tsv",
-        subject="S01",
-        source="human",
-        image_name="T1w",
-        params_file=params,
-        region="lesion",
-    )
+    out = _extract(img, msk, tmp_path / "f.tsv", params, subject="S01", source="human", image="T1w")
     table = pd.read_csv(out, sep="\t", keep_default_na=False, na_values=["NA"])
     assert list(table.columns) == COLUMNS
     assert (table["subject"] == "S01").all() and (table["source"] == "human").all()
@@ -82,31 +80,13 @@ def test_extract_features_table(tmp_path: Path) -> None:
     volume = 4 / 3 * np.pi * 16 * 12 * 12
     assert byname.loc["original_shape_VoxelVolume", "value"] == pytest.approx(volume, rel=0.1)
     # re-runs are byte-identical
-    again = extract_features(
-        img,
-        msk,
-        tmp_path / "g.tsv",
-        subject="S01",
-        source="human",
-        image_name="T1w",
-        params_file=params,
-        region="lesion",
-    )
+    again = _extract(img, msk, tmp_path / "g.tsv", params, subject="S01", source="human", image="T1w")
     assert again.read_bytes() == out.read_bytes()
 
 
 def test_pipeline_mr_params_run(tmp_path: Path) -> None:
     img, msk = _case(tmp_path)
-    out = extract_features(
-        img,
-        msk,
-        tmp_path / "f.tsv",
-        subject="S01",
-        source="auto",
-        image_name="T1w",
-        params_file=MR_PARAMS,
-        region="lesion",
-    )
+    out = _extract(img, msk, tmp_path / "f.tsv", MR_PARAMS, subject="S01", source="auto", image="T1w")
     table = pd.read_csv(out, sep="\t")
     types = set(table["image_type"])
     assert "original" in types and any(t.startswith("wavelet-") for t in types)
@@ -135,16 +115,7 @@ def test_geometry_mismatch_names_subject_and_files(tmp_path: Path) -> None:
     other = save_nifti(np.ones((28, 26, 16), np.uint8), np.diag([2.0, 2.0, 3.5, 1.0]), tmp_path / "m.nii.gz")
     params = _params(tmp_path, FAST)
     with pytest.raises(GeometryError, match=r"subject S07.*m\.nii\.gz.*img0\.nii\.gz"):
-        extract_features(
-            img,
-            other,
-            tmp_path / "f.tsv",
-            subject="S07",
-            source="human",
-            image_name="T1w",
-            params_file=params,
-            region="lesion",
-        )
+        _extract(img, other, tmp_path / "f.tsv", params, subject="S07", source="human", image="T1w")
 
 
 def test_empty_or_non_binary_mask_is_refused(tmp_path: Path) -> None:
@@ -164,42 +135,15 @@ def test_an_empty_automatic_mask_gives_a_table_without_rows_other_sources_are_re
     params = _params(tmp_path, FAST)
     empty = save_nifti(np.zeros(sitk.GetArrayFromImage(sitk.ReadImage(str(msk))).shape[::-1], np.uint8),
                        nib_affine(msk), tmp_path / "empty.nii.gz", dtype=np.uint8)  # fmt: skip
-    out = extract_features(
-        img,
-        empty,
-        tmp_path / "auto.tsv",
-        subject="S01",
-        source="auto",
-        image_name="T1w",
-        params_file=params,
-        region="lesion",
-    )
+    out = _extract(img, empty, tmp_path / "auto.tsv", params, subject="S01", source="auto", image="T1w")
     table = pd.read_csv(out, sep="\t")
     assert list(table.columns) == list(COLUMNS) and table.empty
-    human = extract_features(
-        img,
-        msk,
-        tmp_path / "human.tsv",
-        subject="S01",
-        source="human",
-        image_name="T1w",
-        params_file=params,
-        region="lesion",
-    )
+    human = _extract(img, msk, tmp_path / "human.tsv", params, subject="S01", source="human", image="T1w")
     both = pd.read_csv(collect([out, human], tmp_path / "all.tsv"), sep="\t")
     assert set(both["source"]) == {"human"} and len(both) == len(pd.read_csv(human, sep="\t"))
     for source in ("human", "erode"):
         with pytest.raises(DataError, match="empty"):
-            extract_features(
-                img,
-                empty,
-                tmp_path / "x.tsv",
-                subject="S01",
-                source=source,
-                image_name="T1w",
-                params_file=params,
-                region="lesion",
-            )
+            _extract(img, empty, tmp_path / "x.tsv", params, subject="S01", source=source, image="T1w")
 
 
 def nib_affine(path: Path) -> np.ndarray:
@@ -218,16 +162,7 @@ def test_collect_sorts_and_checks(tmp_path: Path) -> None:
     img, msk = _case(tmp_path)
     params = _params(tmp_path, FAST)
     tables = [
-        extract_features(
-            img,
-            msk,
-            tmp_path / f"{s}_{src}.tsv",
-            subject=s,
-            source=src,
-            image_name="T1w",
-            params_file=params,
-            region="lesion",
-        )
+        _extract(img, msk, tmp_path / f"{s}_{src}.tsv", params, subject=s, source=src, image="T1w")
         for s in ("S02", "S01")
         for src in ("auto", "human")
     ]
@@ -242,16 +177,7 @@ def test_collect_sorts_and_checks(tmp_path: Path) -> None:
     other = _params(tmp_path, {**FAST, "setting": {**FAST["setting"], "binWidth": 5}})
     # a second image with its own params (radiomics.images): its rows are named by the image column
     t2 = [
-        extract_features(
-            img,
-            msk,
-            tmp_path / f"S01_{src}_T2w.tsv",
-            subject="S01",
-            source=src,
-            image_name="T2w",
-            params_file=other,
-            region="lesion",
-        )
+        _extract(img, msk, tmp_path / f"S01_{src}_T2w.tsv", other, subject="S01", source=src, image="T2w")
         for src in ("auto", "human")
     ]
     both = pd.read_csv(collect([*tables, *t2], tmp_path / "both.tsv"), sep="\t", dtype={"subject": str})
@@ -263,16 +189,7 @@ def test_collect_sorts_and_checks(tmp_path: Path) -> None:
     ]
     assert both.groupby("image")["settings_hash"].nunique().tolist() == [1, 1]
     assert both["settings_hash"].nunique() == 2
-    odd = extract_features(
-        img,
-        msk,
-        tmp_path / "odd.tsv",
-        subject="S03",
-        source="auto",
-        image_name="T1w",
-        params_file=other,
-        region="lesion",
-    )
+    odd = _extract(img, msk, tmp_path / "odd.tsv", other, subject="S03", source="auto", image="T1w")
     with pytest.raises(DataError, match="feature tables of image T1w mix settings_hash"):
         collect([*tables, odd], tmp_path / "bad.tsv")
     old = pd.read_csv(tables[0], sep="\t", dtype=str).drop(columns=["ibsi2_code", "ibsi2_filter", "ibsi2_compliance"])
@@ -312,15 +229,14 @@ def test_pyradiomics_baselines(shared_dir: Path, case: str, tmp_path: Path) -> N
             "label": 1,
         },
     }
-    out = extract_features(
+    out = _extract(
         root / f"{case}_image.nrrd",
         root / f"{case}_label.nrrd",
         tmp_path / "f.tsv",
+        _params(tmp_path, params),
         subject=case,
         source="human",
-        image_name="MR",
-        params_file=_params(tmp_path, params),
-        region="lesion",
+        image="MR",
     )
     ours = pd.read_csv(out, sep="\t").set_index("feature")["value"]
     plain = RadiomicsFeatureExtractor(params).execute(

@@ -17,6 +17,10 @@ SPACING = (1.0, 1.5, 3.0)
 AFFINE = np.diag([*SPACING, 1.0])
 
 
+def _derive(mask: Path, image: Path, out: Path, definition: dict, *, subject: str, source: str, region: str) -> Path:
+    return derive_region(mask, image, out, subject=subject, source=source, region=region, definition=definition)
+
+
 def _ball(shape: tuple[int, int, int], centre: tuple[float, float, float], radius_mm: float) -> np.ndarray:
     grid = np.indices(shape).astype(float)
     d2 = sum(((grid[i] - centre[i]) * SPACING[i]) ** 2 for i in range(3))
@@ -57,14 +61,14 @@ def test_ring_is_clipped_at_the_image_border_and_to_the_body(tmp_path: Path) -> 
     outs = {}
     for clip in ("image", "body"):
         out = tmp_path / f"ring_{clip}.nii.gz"
-        derive_region(
+        _derive(
             tmp_path / "mask.nii.gz",
             tmp_path / "image.nii.gz",
             out,
+            {"ring_mm": 6.0, "clip": clip},
             subject="S1",
             source="human",
             region="ring6",
-            definition={"ring_mm": 6.0, "clip": clip},
         )
         outs[clip] = np.asarray(nib.load(out).dataobj)
         assert nib.load(out).get_data_dtype() == np.uint8
@@ -97,35 +101,35 @@ def test_empty_ring_and_empty_mask_are_refused_naming_subject_and_region(tmp_pat
     nib.save(nib.Nifti1Image(np.zeros(shape, np.uint8), AFFINE), tmp_path / "empty.nii.gz")
     definition = {"ring_mm": 5.0, "clip": "image"}
     with pytest.raises(DataError, match=r"region ring5 .*empty.*S9|S9.*region ring5 .*empty"):
-        derive_region(
+        _derive(
             tmp_path / "full.nii.gz",
             tmp_path / "image.nii.gz",
             tmp_path / "r.nii.gz",
+            definition,
             subject="S9",
             source="human",
             region="ring5",
-            definition=definition,
         )
     with pytest.raises(DataError, match="mask is empty") as err:
-        derive_region(
+        _derive(
             tmp_path / "empty.nii.gz",
             tmp_path / "image.nii.gz",
             tmp_path / "r.nii.gz",
+            definition,
             subject="S9",
             source="human",
             region="ring5",
-            definition=definition,
         )
     assert "S9" in str(err.value) and "empty.nii.gz" in str(err.value)
     # an empty automatic mask (a model that found nothing) gives an empty ring, as its features table has no rows
-    out = derive_region(
+    out = _derive(
         tmp_path / "empty.nii.gz",
         tmp_path / "image.nii.gz",
         tmp_path / "auto_ring.nii.gz",
+        definition,
         subject="S9",
         source="auto",
         region="ring5",
-        definition=definition,
     )
     assert not np.asarray(nib.load(out).dataobj).any()
 
@@ -136,14 +140,14 @@ def test_image_on_another_grid_is_refused(tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(mask, AFFINE), tmp_path / "mask.nii.gz")
     nib.save(nib.Nifti1Image(np.ones((8, 8, 5), np.float32), AFFINE), tmp_path / "image.nii.gz")
     with pytest.raises(GeometryError, match="S2"):
-        derive_region(
+        _derive(
             tmp_path / "mask.nii.gz",
             tmp_path / "image.nii.gz",
             tmp_path / "r.nii.gz",
+            {"ring_mm": 5.0, "clip": "image"},
             subject="S2",
             source="human",
             region="ring5",
-            definition={"ring_mm": 5.0, "clip": "image"},
         )
 
 
