@@ -21,6 +21,7 @@ from medpipe.core.errors import ConfigError
 from medpipe.core.records import uncertainty_path
 from medpipe.core.resources import estimate_mem_mb
 from medpipe.preprocess.template_stage import check_template_atlases
+from medpipe.convert.classes import check_label_classes, is_single
 from medpipe.core.sidecar import sidecar_path
 from medpipe.labeling.campaign import campaign_from_config
 from medpipe.labeling.select import read_selection
@@ -112,6 +113,14 @@ def _workflow_path(path):
 RADIOMICS_IMAGES = {name: _workflow_path(p) for name, p in radiomics_images(config).items()}
 # Those read on their own grid (grid: native) -> their own human mask file in the subject's folder, or None.
 NATIVE_IMAGES = native_images(config)  # their own masks are checked with the sheet (native_mask_files)
+# Label classes (label.classes: several structures per subject) as records for the label import; None for the
+# one-structure label (a 0/1 mask, as before).
+_CLASSES = check_label_classes(config)
+LABEL_CLASSES = None if is_single(_CLASSES) else [c.to_dict() for c in _CLASSES]
+# Class name -> value in the masks (evaluation rows and the postprocess decision per class; {label.name: 1} for one
+# structure), in value order; the DICOM-SEG export gets one segment per class (None: the one label_name segment).
+CLASS_VALUES = {c.name: c.value for c in sorted(_CLASSES, key=lambda c: c.value)}
+SEG_CLASSES = None if LABEL_CLASSES is None else CLASS_VALUES
 # Derived radiomics regions (radiomics.regions: a peritumoral ring around every mask source) -> definition;
 # the structure's own rows are region label.name.
 REGIONS = configured_regions(config)

@@ -60,6 +60,7 @@ rule convert_label:
         roi=config["label"]["rtstruct_roi"],
         frame_of_reference=get_label_frame_policy,
         threshold=config["label"]["threshold"],
+        classes=LABEL_CLASSES,
     script:
         "../scripts/convert_label.py"
 
@@ -93,6 +94,7 @@ rule convert_reader2:
         roi=config["label"]["rtstruct_roi"],
         frame_of_reference=get_label_frame_policy,
         threshold=config["label"]["threshold"],
+        classes=LABEL_CLASSES,
     script:
         "../scripts/convert_label.py"
 
@@ -126,5 +128,6 @@ rule convert_image_label:
         roi=config["label"]["rtstruct_roi"],
         frame_of_reference=get_label_frame_policy,
         threshold=config["label"]["threshold"],
+        classes=LABEL_CLASSES,
     script:
         "../scripts/convert_label.py"

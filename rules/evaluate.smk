@@ -19,7 +19,7 @@ rule evaluate_subject:
         mem_mb=mem_mb_scaled(2000, 30),
         runtime=10,
     params:
-        labels={config["label"]["name"]: 1},
+        labels=CLASS_VALUES,
     script:
         "../scripts/evaluate_subject.py"
 
@@ -93,7 +93,7 @@ rule evaluate_reader2:
         mem_mb=mem_mb_scaled(2000, 30),
         runtime=10,
     params:
-        labels={config["label"]["name"]: 1},
+        labels=CLASS_VALUES,
     script:
         "../scripts/evaluate_reader2.py"
 

@@ -247,7 +247,7 @@ rule labeling_score:
         mem_mb=mem_mb_scaled(2000, 30),
         runtime=10,
     params:
-        labels={config["label"]["name"]: 1},
+        labels=CLASS_VALUES,
     script:
         "../scripts/evaluate_subject.py"
 

@@ -51,7 +51,7 @@ rule postprocess_decision:
         mem_mb=2000,
         runtime=10,
     params:
-        labels={config["label"]["name"]: 1},
+        labels=CLASS_VALUES,
         connectivity=config["postprocess"]["connectivity"],
     script:
         "../scripts/postprocess_decision.py"
@@ -77,5 +77,6 @@ rule export_dicom_seg:
         runtime=10,
     params:
         label_name=config["label"]["name"],
+        classes=SEG_CLASSES,
     script:
         "../scripts/export_dicom_seg.py"

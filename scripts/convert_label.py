@@ -1,5 +1,6 @@
 """Snakemake adapter: the human label (NIfTI, RTSTRUCT or DICOM-SEG) onto the reference image grid."""
 
+from medpipe.convert.classes import classes_from_records
 from medpipe.convert.labels import import_label
 from medpipe.core.logutil import script_logging
 
@@ -13,4 +14,5 @@ with script_logging(snakemake.log[0]):
         out_qc=snakemake.output.qc,
         frame_of_reference=snakemake.params.frame_of_reference,
         threshold=snakemake.params.threshold,
+        classes=classes_from_records(snakemake.params.classes),
     )

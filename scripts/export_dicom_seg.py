@@ -11,4 +11,5 @@ with script_logging(snakemake.log[0]):
         snakemake.output.seg,
         subject=snakemake.wildcards.subject,
         label_name=snakemake.params.label_name,
+        classes=snakemake.params.classes,
     )

@@ -124,3 +124,25 @@ def series_factory() -> Callable[..., tuple[list[Path], npt.NDArray[np.int16]]]:
 def phi_strings() -> tuple[str, ...]:
     """Strings planted by ``make_series(phi=True)`` that must never appear in an output."""
     return PHI_STRINGS
+
+
+@pytest.fixture
+def converted(tmp_path: Path, series_factory: Any) -> tuple[Path, str, list[str]]:
+    """A synthetic 8-slice series converted by medpipe: (NIfTI, FrameOfReferenceUID, SOP Instance UIDs)."""
+    import json
+
+    from medpipe.convert.dicom import convert_sequence
+
+    _files, _ = series_factory(tmp_path / "dicom", n_slices=8)
+    out = tmp_path / "out" / "sub-S01_T1w.nii.gz"
+    convert_sequence(
+        tmp_path / "dicom",
+        out,
+        tmp_path / "out" / "deid.tsv",
+        tmp_path / "out" / "qc.png",
+        subject="S01",
+        sequence="T1w",
+        selector={},
+    )
+    source = json.loads(out.with_name("sub-S01_T1w.json").read_text())["source"]
+    return out, source["frame_of_reference_uid"], source["sop_instance_uids"]

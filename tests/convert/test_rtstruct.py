@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from medpipe.convert.dicom import convert_sequence
 from medpipe.convert.rtstruct import rtstruct_to_mask
 from medpipe.core.errors import DataError, DicomError, GeometryError
 from medpipe.core.geometry import geometry_of
@@ -62,23 +60,6 @@ def _write_rtstruct(path: Path, rois: dict[str, list[list[float]]], frame_uid: s
         ds.ROIContourSequence.append(item)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return path
-
-
-@pytest.fixture
-def converted(tmp_path: Path, series_factory) -> tuple[Path, str, list[str]]:
-    _files, _ = series_factory(tmp_path / "dicom", n_slices=8)
-    out = tmp_path / "out" / "sub-S01_T1w.nii.gz"
-    convert_sequence(
-        tmp_path / "dicom",
-        out,
-        tmp_path / "out" / "deid.tsv",
-        tmp_path / "out" / "qc.png",
-        subject="S01",
-        sequence="T1w",
-        selector={},
-    )
-    source = json.loads(out.with_name("sub-S01_T1w.json").read_text())["source"]
-    return out, source["frame_of_reference_uid"], source["sop_instance_uids"]
 
 
 def _world_box(mask: np.ndarray, img: nib.Nifti1Image) -> np.ndarray:

@@ -320,7 +320,7 @@ def test_radiomics_regions_take_schema_defaults_and_refuse_bad_definitions() -> 
     assert cfg["radiomics"]["regions"] == {"ring10": {"ring_mm": 10, "clip": "image"}}
     for bad, where in (
         ({"ring10": {"ring_mm": 0}}, "ring_mm"),
-        ({"ring10": {"clip": "body"}}, "ring_mm"),
+        ({"ring10": {"clip": "body"}}, "ring10: {'clip': 'body'} is not valid"),  # neither ring_mm nor classes
         ({"ring10": {"ring_mm": 5, "clip": "air"}}, "clip"),
         ({"ring-10": {"ring_mm": 5}}, "ring-10"),
     ):

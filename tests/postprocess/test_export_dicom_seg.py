@@ -20,14 +20,16 @@ from medpipe.postprocess.export_dicom_seg import export_dicom_seg, export_subjec
 pytestmark = pytest.mark.shared
 
 
-def readback_dice(seg_path: Path, mask_img: nib.Nifti1Image) -> tuple[float, int]:
+def readback_dice(
+    seg_path: Path, mask_img: nib.Nifti1Image, segment: int = 1, value: int | None = None
+) -> tuple[float, int]:
     """Dice between a DICOM-SEG (highdicom volume, LPS) and a NIfTI mask, matched in world coordinates.
 
     Independent of the exporter's own slice mapping: every segmented voxel of the read-back volume is
     placed in the world with highdicom's affine and mapped onto the NIfTI grid with nibabel's.
     """
     seg = hd.seg.segread(seg_path)
-    vol = seg.get_volume(segment_numbers=[1], combine_segments=True)
+    vol = seg.get_volume(segment_numbers=[segment], combine_segments=True)
     idx = np.argwhere(vol.array > 0)
     lps = np.c_[idx, np.ones(len(idx))] @ vol.affine.T
     ras = lps * np.array([-1.0, -1.0, 1.0, 1.0])
@@ -36,7 +38,8 @@ def readback_dice(seg_path: Path, mask_img: nib.Nifti1Image) -> tuple[float, int
     ijk = np.rint(ijk[:, :3]).astype(int)
     readback = np.zeros(mask_img.shape, bool)
     readback[ijk[:, 0], ijk[:, 1], ijk[:, 2]] = True
-    mask = np.asarray(mask_img.dataobj) > 0
+    data = np.asarray(mask_img.dataobj)
+    mask = data > 0 if value is None else data == value
     dice = 2 * np.count_nonzero(readback & mask) / (readback.sum() + mask.sum())
     return float(dice), int(readback.sum())
 
@@ -148,3 +151,27 @@ def test_planted_phi_does_not_reach_the_segmentation(sts001, tmp_path):
     assert leaked == []
     assert b"Planted" not in raw and b"PLANT" not in raw
     assert readback_dice(out, nib.load(mask_path))[0] >= 0.99
+
+
+def test_one_segment_per_class_each_reads_back_exactly(sts001, tmp_path):
+    """label.classes: a rim (value 1) and a core (value 2, the GTV eroded by three voxels) as two named segments."""
+    from scipy import ndimage
+
+    series, mask_path = sts001
+    img = nib.load(mask_path)
+    gtv = np.asarray(img.dataobj) > 0
+    labels = gtv.astype(np.uint8)
+    labels[ndimage.binary_erosion(gtv, iterations=3)] = 2
+    classes_path = save_nifti(labels, img.affine, tmp_path / "classes.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = export_dicom_seg(
+            classes_path, [series], tmp_path / "seg.dcm", subject="001", label_name="lesion",
+            classes={"rim": 1, "core": 2},
+        )  # fmt: skip
+    seg = hd.seg.segread(out)
+    assert [(int(s.SegmentNumber), str(s.SegmentLabel)) for s in seg.SegmentSequence] == [(1, "rim"), (2, "core")]
+    for number, value in ((1, 1), (2, 2)):
+        dice, n = readback_dice(out, nib.load(classes_path), segment=number, value=value)
+        print(f"STS_001 segment {number}: read-back Dice {dice:.6f} ({n} voxels)")
+        assert dice == 1.0 and n == int((labels == value).sum()) > 0

@@ -180,3 +180,53 @@ def test_body_of_a_t1_limb_keeps_muscle_and_tumour_and_leaves_out_air() -> None:
     assert two_class.GetThreshold() > 330.0  # the plain Otsu split: fat vs everything else
     ring = ring_array(tumour, SPACING, 20.0, within=body)
     assert ring.any() and not ring[r > 21].any()
+
+
+def test_regions_of_classes_and_rings_around_a_class(tmp_path: Path) -> None:
+    """With label.classes: a region made of classes is their union; with ring_mm, the ring around them only."""
+    shape = (30, 30, 12)
+    labels = np.zeros(shape, np.uint8)
+    labels[8:20, 8:20, 3:9] = 1  # rim
+    labels[11:17, 11:17, 5:7] = 2  # core inside it
+    nib.save(nib.Nifti1Image(labels, AFFINE), tmp_path / "mask.nii.gz")
+    nib.save(nib.Nifti1Image(np.full(shape, 50.0, np.float32), AFFINE), tmp_path / "image.nii.gz")
+    config = {
+        "label": {"name": "lesion", "classes": {"rim": {"value": 1}, "core": {"value": 2}}},
+        "radiomics": {
+            "regions": {
+                "core": {"classes": ["core"], "clip": "image"},
+                "corering": {"classes": ["core"], "ring_mm": 3.0, "clip": "image"},
+            }
+        },
+    }
+    regions = configured_regions(config)
+    assert regions["core"]["values"] == [2] and regions["corering"]["values"] == [2]
+    out = {}
+    for name, definition in regions.items():
+        path = _derive(
+            tmp_path / "mask.nii.gz",
+            tmp_path / "image.nii.gz",
+            tmp_path / f"{name}.nii.gz",
+            definition,
+            subject="S1",
+            source="human",
+            region=name,
+        )
+        out[name] = np.asarray(nib.load(path).dataobj) > 0
+    np.testing.assert_array_equal(out["core"], labels == 2)
+    np.testing.assert_array_equal(out["corering"], ring_array(labels == 2, SPACING, 3.0))
+    assert not (out["corering"] & (labels == 2)).any() and (out["corering"] & (labels == 1)).any()
+    nib.save(nib.Nifti1Image((labels == 1).astype(np.uint8), AFFINE), tmp_path / "nocore.nii.gz")
+    with pytest.raises(DataError, match=r"holds none of the classes \['core'\] \(values \[2\]\): no region core"):
+        _derive(
+            tmp_path / "nocore.nii.gz",
+            tmp_path / "image.nii.gz",
+            tmp_path / "x.nii.gz",
+            regions["core"],
+            subject="S1",
+            source="human",
+            region="core",
+        )
+    config["radiomics"]["regions"]["bad"] = {"classes": ["edema"]}
+    with pytest.raises(ConfigError, match=r"regions\.bad\.classes: \['edema'\] are not classes"):
+        configured_regions(config)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,14 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
+from medpipe.convert.classes import (
+    LabelClass,
+    class_record,
+    combine,
+    dicom_class_masks,
+    is_single,
+    nifti_class_values,
+)
 from medpipe.convert.dicom_seg import seg_volume
 from medpipe.convert.rtstruct import rtstruct_to_mask
 from medpipe.core.errors import DataError, DicomError, GeometryError
@@ -157,15 +166,21 @@ def _frame_override(source: Path, kind: str, frame: str | None, policy: str, sub
     }
 
 
-def _nifti_mask(source: Path, reference: Geometry, subject: str, threshold: float | None) -> npt.NDArray[np.uint8]:
-    """A NIfTI label as a 0/1 mask on ``reference``: NaN refused, fractional values only with a threshold."""
-    img = load_nifti(source, subject=subject)
-    raw = np.asarray(img.dataobj)
+def _nifti_raw(source: Path, subject: str, img: nib.Nifti1Image | None = None) -> npt.NDArray[Any]:
+    """A NIfTI label's voxels: 3D, finite (NaN and infinities refused)."""
+    raw = np.asarray((img if img is not None else load_nifti(source, subject=subject)).dataobj)
     if raw.ndim > 3:
         raise DataError(f"label has shape {raw.shape}; expected a 3D mask", subject=subject, path=source)
     if not np.isfinite(raw).all():
         n_bad = int((~np.isfinite(raw)).sum())
         raise DataError(f"label holds {n_bad} NaN or infinite voxel(s)", subject=subject, path=source)
+    return raw
+
+
+def _nifti_mask(source: Path, reference: Geometry, subject: str, threshold: float | None) -> npt.NDArray[np.uint8]:
+    """A NIfTI label as a 0/1 mask on ``reference``: NaN refused, fractional values only with a threshold."""
+    img = load_nifti(source, subject=subject)
+    raw = _nifti_raw(source, subject, img)
     fractional = raw[raw != np.rint(raw)]
     if threshold is None and fractional.size:
         raise DataError(
@@ -217,8 +232,9 @@ def import_label(
     out_qc: str | Path | None = None,
     frame_of_reference: str = "require",
     threshold: float | None = None,
+    classes: Sequence[LabelClass] | None = None,
 ) -> Path:
-    """Write the subject's human label as a uint8 0/1 mask on the reference image grid.
+    """Write the subject's human label as a uint8 mask on the reference image grid (0/1, or class values).
 
     Parameters
     ----------
@@ -240,6 +256,10 @@ def import_label(
         world coordinates, with a warning; recorded in the sidecar and flagged for review).
     threshold
         NIfTI labels: voxels >= ``threshold`` are the structure; without it fractional values are refused.
+    classes
+        ``label.classes`` (:func:`medpipe.convert.classes.label_classes`, priority order): several structures,
+        each found by its ROI / segment pattern or NIfTI value and written as its value, overlaps resolved by
+        priority and counted in the sidecar. None (or the one-structure default): a 0/1 mask via ``roi_pattern``.
 
     Raises
     ------
@@ -248,7 +268,9 @@ def import_label(
     DataError
         The resulting mask is empty; a NIfTI label with NaN, or fractional values without a threshold.
     DicomError
-        Unreadable label, or no/several ROIs matching ``roi_pattern``.
+        Unreadable label, or no/several ROIs matching ``roi_pattern`` (or a class's pattern, naming the class).
+    DataError
+        With classes: NIfTI values outside the declared classes (naming them).
     """
     source, ref_img = Path(source), load_nifti(reference_image, subject=subject)
     reference = geometry_of(ref_img)
@@ -257,39 +279,101 @@ def import_label(
     kind = _label_kind(source, subject)
     details: dict[str, Any] = {"label_type": kind}
     override = _frame_override(source, kind, frame, frame_of_reference, subject)
-    if kind == "nifti":
-        mask = _nifti_mask(source, reference, subject, threshold)
+    checked = None if override else frame
+    voxel_mm3 = float(np.prod(reference.spacing))
+    if classes is None or is_single(classes):
+        mask = _single_mask(source, kind, reference, ref_source, checked, details, subject, roi_pattern, threshold)
     else:
-        checked = None if override else frame
-        mask, found = _dicom_mask(
-            source, kind, reference, ref_source, checked, subject=subject, roi_pattern=roi_pattern
-        )
-        details.update(found)
-    n = int(mask.sum())
+        mask = _class_mask(source, kind, reference, ref_source, checked, details, subject, classes, voxel_mm3)
+    n = int(np.count_nonzero(mask))
     if n == 0:
         raise DataError("the label is empty on the reference grid", subject=subject, path=source)
     save_like(mask, reference, out_mask, dtype=np.uint8)
-    voxel_mm3 = float(np.prod(reference.spacing))
+    parameters: dict[str, Any] = {
+        "roi_pattern": roi_pattern,
+        "frame_of_reference": frame_of_reference,
+        "threshold": threshold,
+    }
+    if classes is not None and not is_single(classes):
+        parameters["classes"] = [c.to_dict() for c in classes]
     write_sidecar(
         out_mask,
         stage="convert",
         subject=subject,
         inputs=[source, reference_image],
-        parameters={"roi_pattern": roi_pattern, "frame_of_reference": frame_of_reference, "threshold": threshold},
+        parameters=parameters,
         geometry=reference,
         packages=["pydicom", "highdicom"],
         extra={"label": details, "n_voxels": n, "volume_mm3": round(n * voxel_mm3, 3), **override},
     )
     if out_qc is not None:
-        _label_qc(ref_img, mask, out_qc, title=f"sub-{subject} human label ({kind})", spacing=reference.spacing)
+        overlay = (
+            {"human": mask} if classes is None or is_single(classes) else {c.name: mask == c.value for c in classes}
+        )
+        _label_qc(ref_img, overlay, out_qc, title=f"sub-{subject} human label ({kind})", spacing=reference.spacing)
     logger.info("label (%s): %d voxel(s), %.1f mm3 on the reference grid", kind, n, n * voxel_mm3)
     return Path(out_mask)
 
 
-def _label_qc(
-    ref_img: nib.Nifti1Image, mask: npt.NDArray[np.uint8], out_qc: str | Path, *, title: str, spacing: Any
-) -> None:
+def _single_mask(
+    source: Path,
+    kind: str,
+    reference: Geometry,
+    ref_source: dict[str, Any],
+    checked: str | None,
+    details: dict[str, Any],
+    subject: str,
+    roi_pattern: str,
+    threshold: float | None,
+) -> npt.NDArray[np.uint8]:
+    """The one-structure label: a 0/1 mask (what the import found goes into ``details``)."""
+    if kind == "nifti":
+        return _nifti_mask(source, reference, subject, threshold)
+    mask, found = _dicom_mask(source, kind, reference, ref_source, checked, subject=subject, roi_pattern=roi_pattern)
+    details.update(found)
+    return mask
+
+
+def _class_mask(
+    source: Path,
+    kind: str,
+    reference: Geometry,
+    ref_source: dict[str, Any],
+    checked: str | None,
+    details: dict[str, Any],
+    subject: str,
+    classes: Sequence[LabelClass],
+    voxel_mm3: float,
+) -> npt.NDArray[np.uint8]:
+    """A label of several classes: class values, overlaps by priority; ``details`` gets classes and overlaps."""
+    if kind == "nifti":
+        raw = _nifti_raw(source, subject)
+        nifti_class_values(raw, classes, subject=subject, path=source)
+        img = load_nifti(source, subject=subject)
+        masks = {
+            c.name: place_on_grid(raw == c.value, img.affine, reference, subject=subject, path=source) for c in classes
+        }
+        found: dict[str, Any] = {}
+    else:
+
+        def read_one(cls: LabelClass) -> tuple[npt.NDArray[np.uint8], dict[str, Any]]:
+            pattern = cls.rtstruct_roi if kind == "rtstruct" else cls.segment
+            return _dicom_mask(source, kind, reference, ref_source, checked, subject=subject, roi_pattern=pattern)
+
+        masks, found = dicom_class_masks(classes, read_one, subject=subject, path=source, kind=kind)
+    mask, overlaps = combine(masks, classes)
+    for pair, n in overlaps.items():
+        logger.info(
+            "sub-%s: %d voxel(s) claimed by two classes went to the first by label.priority: %s", subject, n, pair
+        )
+    details.update(
+        classes=class_record(mask, classes, voxel_mm3, found), priority=[c.name for c in classes], overlaps=overlaps
+    )
+    return mask
+
+
+def _label_qc(ref_img: nib.Nifti1Image, masks: dict[str, Any], out_qc: str | Path, *, title: str, spacing: Any) -> None:
     from medpipe.core.qc import save_overlay
 
     image = np.asarray(ref_img.dataobj, dtype=np.float32)
-    save_overlay(image[..., 0] if image.ndim == 4 else image, {"human": mask}, out_qc, title=title, spacing=spacing)
+    save_overlay(image[..., 0] if image.ndim == 4 else image, masks, out_qc, title=title, spacing=spacing)

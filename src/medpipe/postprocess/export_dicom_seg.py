@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -122,6 +123,29 @@ def _uid(*parts: str) -> str:
     return str(pydicom.uid.generate_uid(entropy_srcs=["medpipe-dicom-seg", *parts]))
 
 
+def _segment_descriptions(names: Sequence[str], src_series: str) -> list[Any]:
+    """One automatic segment per name, numbered from 1, each with a tracking UID derived from the source series."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="medpipe", version=__version__, family=codes.cid7162.ArtificialIntelligence
+    )
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=name,
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=_uid(src_series, name),
+            tracking_id=name,
+        )
+        for number, name in enumerate(names, start=1)
+    ]
+
+
 def export_dicom_seg(
     mask_nifti: str | Path,
     source_dicom_files: Iterable[str | Path],
@@ -132,8 +156,9 @@ def export_dicom_seg(
     label_value: int | None = None,
     series_instance_uid: str | None = None,
     deidentify: bool = True,
+    classes: Mapping[str, int] | None = None,
 ) -> Path:
-    """Write a binary DICOM-SEG of one label that references the source image series.
+    """Write a binary DICOM-SEG of one label (or one segment per class) that references the source image series.
 
     Parameters
     ----------
@@ -153,41 +178,36 @@ def export_dicom_seg(
         Source series to use when the files hold several.
     deidentify
         Apply the basic confidentiality profile (Retain UIDs Option); Patient ID and Name := ``subject``.
+    classes
+        ``label.classes`` as class name -> voxel value: one segment per class (numbered 1..K in this order,
+        labelled with the class name); None: the one segment ``label_name``.
     """
     import highdicom as hd
-    from pydicom.sr.codedict import codes
 
     img = load_nifti(mask_nifti, subject=subject)
     data = np.asarray(img.dataobj)
-    mask = data != 0 if label_value is None else data == label_value
+    segments = dict(classes) if classes else {label_name: label_value}
     datasets = read_series(source_dicom_files, subject=subject, series_instance_uid=series_instance_uid)
-    frames = mask_frames(mask, np.asarray(img.affine, dtype=np.float64), datasets, subject=subject, path=mask_nifti)
-    if int(frames.sum()) != int(mask.sum()):
-        raise GeometryError(
-            f"the source series covers {int(frames.sum())} of the {int(mask.sum())} mask voxels",
-            subject=subject,
-            path=mask_nifti,
-        )
+    affine = np.asarray(img.affine, dtype=np.float64)
+    per_segment = []
+    for value in segments.values():
+        mask = data != 0 if value is None else data == value
+        frames = mask_frames(mask, affine, datasets, subject=subject, path=mask_nifti)
+        if int(frames.sum()) != int(mask.sum()):
+            raise GeometryError(
+                f"the source series covers {int(frames.sum())} of the {int(mask.sum())} mask voxels",
+                subject=subject,
+                path=mask_nifti,
+            )
+        per_segment.append(frames)
+    frames = per_segment[0] if len(per_segment) == 1 else np.stack(per_segment, axis=-1)
     src_series = str(datasets[0].SeriesInstanceUID)
     content = hashlib.sha256(np.packbits(frames).tobytes()).hexdigest()
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name="medpipe", version=__version__, family=codes.cid7162.ArtificialIntelligence
-    )
-    segment = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=label_name,
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Lesion,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
-        tracking_uid=_uid(src_series, label_name),
-        tracking_id=label_name,
-    )
     seg = hd.seg.Segmentation(
         source_images=datasets,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment],
+        segment_descriptions=_segment_descriptions(list(segments), src_series),
         series_instance_uid=_uid(src_series, label_name, "series"),
         series_number=9000,
         sop_instance_uid=_uid(src_series, label_name, content),
@@ -224,8 +244,11 @@ def export_subject_dicom_seg(
     *,
     subject: str,
     label_name: str,
+    classes: Mapping[str, int] | None = None,
 ) -> Path:
     """Pipeline entry: export the automatic mask as DICOM-SEG on the series the reference came from.
+
+    With ``classes`` (``label.classes``: name -> value) the SEG holds one segment per class.
 
     The source series is the one recorded by the convert stage in the reference image's sidecar
     (``source.series_instance_uid``); its files are looked up in the subject's DICOM folder. A
@@ -240,14 +263,20 @@ def export_subject_dicom_seg(
             path=reference,
         )
     out = export_dicom_seg(
-        mask_nifti, [dicom_dir], out_dcm, subject=subject, label_name=label_name, series_instance_uid=str(series_uid)
+        mask_nifti,
+        [dicom_dir],
+        out_dcm,
+        subject=subject,
+        label_name=label_name,
+        series_instance_uid=str(series_uid),
+        classes=classes,
     )
     write_sidecar(
         out,
         stage="dicom_seg",
         subject=subject,
         inputs=[mask_nifti, reference],
-        parameters={"label_name": label_name, "deidentify": True},
+        parameters={"label_name": label_name, "deidentify": True, "classes": dict(classes) if classes else None},
         packages=("highdicom", "pydicom", "dicom-anonymizer"),
         extra={"source_series_instance_uid": str(series_uid), "deidentification": profile_record()},
     )

@@ -278,7 +278,8 @@ def extract_features(
     Parameters
     ----------
     image, mask
-        Image and 0/1 mask on the same grid (checked first; :class:`GeometryError` names both files).
+        Image and mask on the same grid (checked first; :class:`GeometryError` names both files); every non-zero
+        voxel is the region (a mask of several ``label.classes``: the whole structure).
     out_tsv
         Output table, one row per feature (columns :data:`COLUMNS`).
     subject
@@ -314,7 +315,8 @@ def extract_features(
             image_name,
         )
         return write_tsv(pd.DataFrame(columns=COLUMNS), out_tsv)
-    raw, codes = compute_features(img, msk, params, ibsi, subject=subject)
+    structure = sitk.Cast(msk > 0, sitk.sitkUInt8)  # a mask of several classes: the whole structure
+    raw, codes = compute_features(img, structure, params, ibsi, subject=subject)
     rows = feature_rows(raw, codes, params=params, spacing_mm=target_spacing(img, ibsi))
     provenance = {
         "subject": subject,

@@ -1,8 +1,10 @@
-"""Derived radiomics regions: a peritumoral ring of N mm around a mask, clipped to the image or the body.
+"""Derived radiomics regions: classes of the mask, and a peritumoral ring of N mm around it, clipped to image or body.
 
-Config ``radiomics.regions`` names each derived region, e.g. ``{ring10: {ring_mm: 10, clip: body}}``. Every mask
-source (human, automatic, second reader, perturbed copies) gets its own ring on the radiomics image's grid, and
-the features of each region are rows of the feature table with that ``region`` (the structure itself is the
+Config ``radiomics.regions`` names each derived region, e.g. ``{ring10: {ring_mm: 10, clip: body}}`` or, with
+``label.classes``, ``{core: {classes: [enhancing, necrosis]}}`` (their union) and
+``{edema10: {classes: [enhancing, necrosis], ring_mm: 10}}`` (the ring around them). Every mask source (human,
+automatic, second reader, perturbed copies) gets its own regions on the radiomics image's grid, and the features of
+each region are rows of the feature table with that ``region`` (the structure itself, every class together, is the
 region named ``label.name``).
 
 * The ring holds the voxels outside the mask whose centre lies within ``ring_mm`` of the nearest mask voxel centre
@@ -129,36 +131,40 @@ def derive_region(
     GeometryError
         The image is not on the mask's grid.
     """
-    ring_mm, clip = float(definition["ring_mm"]), str(definition["clip"])
+    ring_mm = float(definition["ring_mm"]) if definition.get("ring_mm") is not None else None
+    clip = str(definition["clip"])
     if clip not in CLIPS:
         raise DataError(f"radiomics.regions.{region}.clip = {clip!r}; expected one of {list(CLIPS)}", subject=subject)
     mask_img, image_img = load_nifti(mask, subject=subject), load_nifti(image, subject=subject)
     reference = geometry_of(mask_img)
     check_same_grid(geometry_of(image_img), reference, what=f"radiomics image vs mask ({region})", subject=subject)
     labels = np.asarray(mask_img.dataobj)
-    if not (labels > 0).any():
+    values = definition.get("values")
+    base = np.isin(labels, values) if values else labels > 0
+    record = {"region": region, **definition}
+    if not base.any():
+        what = f"holds none of the classes {definition['classes']} (values {values})" if values else "is empty"
         if source != EMPTY_ALLOWED_SOURCE:
-            raise DataError(f"mask is empty: no {region} ring around it", subject=subject, path=mask)
-        logger.warning("sub-%s: the %s mask is empty; its %s region is empty too", subject, source, region)
-        labels_empty = np.zeros(labels.shape, dtype=bool)
-        record = {"region": region, **definition}
-        return _write(labels_empty, labels_empty, labels, reference, out_mask, subject, [mask, image], record)
-    unclipped = ring_array(labels, reference.spacing, ring_mm)
+            raise DataError(f"mask {what}: no region {region}", subject=subject, path=mask)
+        logger.warning("sub-%s: the %s mask %s; its %s region is empty too", subject, source, what, region)
+        empty = np.zeros(labels.shape, dtype=bool)
+        return _write(empty, empty, base, reference, out_mask, subject, [mask, image], record)
+    if ring_mm is None:  # the classes themselves
+        return _write(base, base, base, reference, out_mask, subject, [mask, image], record)
+    unclipped = ring_array(base, reference.spacing, ring_mm)
     body = body_mask(np.asarray(image_img.dataobj), labels) if clip == "body" else None
     ring = unclipped & body if body is not None else unclipped
     if not ring.any():
         raise DataError(
             f"region {region} ({ring_mm:g} mm ring, clip {clip}) is empty around this mask", subject=subject, path=mask
         )
-    return _write(
-        ring, unclipped, labels, reference, out_mask, subject, [mask, image], {"region": region, **definition}
-    )
+    return _write(ring, unclipped, base, reference, out_mask, subject, [mask, image], record)
 
 
 def _write(
     ring: npt.NDArray[np.bool_],
     unclipped: npt.NDArray[np.bool_],
-    labels: npt.NDArray[Any],
+    base: npt.NDArray[Any],
     reference: Geometry,
     out_mask: str | Path,
     subject: str,
@@ -181,7 +187,7 @@ def _write(
         extra={
             **counts,
             "volume_mm3": round(counts["n_voxels"] * voxel_mm3, 3),
-            "source_n_voxels": int((np.asarray(labels) > 0).sum()),
+            "source_n_voxels": int(np.count_nonzero(base)),
         },
     )
     logger.info(
@@ -198,10 +204,13 @@ def _write(
 def configured_regions(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``radiomics.regions`` of a validated config (name -> definition, config order).
 
+    A region made of classes gets ``values``: their values in the mask (``label.classes``).
+
     Raises
     ------
     ConfigError
-        A derived region named like the structure itself (``label.name``, the ``region`` of its own rows).
+        A derived region named like the structure itself (``label.name``, the ``region`` of its own rows), or one
+        naming a class that ``label.classes`` does not declare.
     """
     regions = {str(name): dict(entry) for name, entry in (config["radiomics"].get("regions") or {}).items()}
     structure = str(config["label"]["name"])
@@ -210,4 +219,14 @@ def configured_regions(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             f"  radiomics.regions: {structure!r} is label.name, the region of the structure's own feature rows; "
             "rename the derived region"
         )
+    declared = {str(k): int(v["value"]) for k, v in (config["label"].get("classes") or {}).items()}
+    for name, entry in regions.items():
+        if "classes" not in entry:
+            continue
+        unknown = [c for c in entry["classes"] if c not in declared]
+        if unknown:
+            raise ConfigError(
+                f"  radiomics.regions.{name}.classes: {unknown} are not classes of label.classes {sorted(declared)}"
+            )
+        entry["values"] = sorted(declared[c] for c in entry["classes"])
     return regions
