@@ -133,6 +133,7 @@ rule labeling_export_seg:
         runtime=10,
     params:
         label_name=config["label"]["name"],
+        classes=SEG_CLASSES,
     script:
         "../scripts/export_dicom_seg.py"
 
