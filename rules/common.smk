@@ -6,6 +6,7 @@ from snakemake.logging import logger
 
 from medpipe.audit.failures import write_failures
 from medpipe.audit.review import excluded_subjects
+from medpipe.convert.classes import check_label_classes
 from medpipe.core.config import (
     allowed_values,
     check_radiomics_only,
@@ -21,7 +22,6 @@ from medpipe.core.errors import ConfigError
 from medpipe.core.records import uncertainty_path
 from medpipe.core.resources import estimate_mem_mb
 from medpipe.preprocess.template_stage import check_template_atlases
-from medpipe.convert.classes import check_label_classes, is_single
 from medpipe.core.sidecar import sidecar_path
 from medpipe.labeling.campaign import campaign_from_config
 from medpipe.labeling.select import read_selection
@@ -113,10 +113,10 @@ def _workflow_path(path):
 RADIOMICS_IMAGES = {name: _workflow_path(p) for name, p in radiomics_images(config).items()}
 # Those read on their own grid (grid: native) -> their own human mask file in the subject's folder, or None.
 NATIVE_IMAGES = native_images(config)  # their own masks are checked with the sheet (native_mask_files)
-# Label classes (label.classes: several structures per subject) as records for the label import; None for the
-# one-structure label (a 0/1 mask, as before).
+# Label classes (label.classes: several structures per subject, one declared class too) as records for the label
+# import; None without label.classes (the one structure label.name, a 0/1 mask, as before).
 _CLASSES = check_label_classes(config)
-LABEL_CLASSES = None if is_single(_CLASSES) else [c.to_dict() for c in _CLASSES]
+LABEL_CLASSES = [c.to_dict() for c in _CLASSES] if config["label"]["classes"] else None
 # Class name -> value in the masks (evaluation rows and the postprocess decision per class; {label.name: 1} for one
 # structure), in value order; the DICOM-SEG export gets one segment per class (None: the one label_name segment).
 CLASS_VALUES = {c.name: c.value for c in sorted(_CLASSES, key=lambda c: c.value)}
@@ -462,14 +462,21 @@ def get_radiomics_mask(wildcards):
     return f"results/postprocess/sub-{s}/sub-{s}_desc-auto_mask.nii.gz"
 
 
-def get_region_image(wildcards):
-    """Rule region_mask: the radiomics image without the noise (the body a ring is clipped to)."""
-    return get_perturb_image_source(wildcards)
-
-
 def get_region_definition(wildcards):
     """``radiomics.regions.<region>`` (schema defaults applied) as a params function of rule region_mask."""
     return REGIONS[wildcards.region]
+
+
+def get_region_name(wildcards):
+    """The ``region`` column of a derived region's feature rows: its name."""
+    return wildcards.region
+
+
+def get_region_mask(wildcards):
+    """A derived region's mask; the noise source's is the human mask's (the noise is on the image, not the mask)."""
+    s, image = wildcards.subject, wildcards.image
+    source = "human" if wildcards.source == "noise" else wildcards.source
+    return f"results/radiomics/sub-{s}/sub-{s}_img-{image}_mask-{source}_region-{wildcards.region}_mask.nii.gz"
 
 
 def get_all_feature_tables(wildcards):

@@ -32,7 +32,7 @@ rule radiomics:
 rule region_mask:
     input:
         mask=get_radiomics_mask,
-        image=get_region_image,
+        image=get_perturb_image_source,  # without the noise: the body a ring is clipped to
     output:
         mask="results/radiomics/sub-{subject}/sub-{subject}_img-{image}_mask-{source}_region-{region}_mask.nii.gz",
         sidecar="results/radiomics/sub-{subject}/sub-{subject}_img-{image}_mask-{source}_region-{region}_mask.json",
@@ -56,7 +56,7 @@ rule region_mask:
 use rule radiomics as radiomics_region with:
     input:
         image=get_radiomics_image,
-        mask="results/radiomics/sub-{subject}/sub-{subject}_img-{image}_mask-{source}_region-{region}_mask.nii.gz",
+        mask=get_region_mask,
         params=get_radiomics_params,
     output:
         features="results/radiomics/sub-{subject}/sub-{subject}_img-{image}_mask-{source}_region-{region}_features.tsv",
@@ -65,7 +65,7 @@ use rule radiomics as radiomics_region with:
     benchmark:
         "logs/benchmarks/radiomics/sub-{subject}_img-{image}_mask-{source}_region-{region}.tsv"
     params:
-        region=None,
+        region=get_region_name,
 
 
 rule radiomics_table:

@@ -12,5 +12,5 @@ with script_logging(snakemake.log[0]):
         source=snakemake.wildcards.source,
         image_name=snakemake.wildcards.image,
         params_file=snakemake.input.params,
-        region=snakemake.params.region or snakemake.wildcards.region,
+        region=snakemake.params.region,
     )

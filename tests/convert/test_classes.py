@@ -26,7 +26,7 @@ def _classes(label: dict | None = None) -> list[LabelClass]:
     return label_classes(label or RIM_CORE)
 
 
-def _import(source: Path, image: Path, out: Path, classes: list[LabelClass]) -> Path:
+def _import(source: Path, image: Path, out: Path, classes: list[LabelClass] | None) -> Path:
     return import_label(source, image, out, subject="S01", roi_pattern=".*", classes=classes)
 
 
@@ -135,3 +135,18 @@ def test_nifti_class_values_are_kept_and_others_refused(tmp_path: Path, converte
     nib.save(nib.Nifti1Image(nan, ref.affine), tmp_path / "nan.nii.gz")
     with pytest.raises(DataError, match="NaN"):
         _import(tmp_path / "nan.nii.gz", image, tmp_path / "mask.nii.gz", _classes())
+
+
+def test_one_declared_class_is_found_by_its_own_pattern(tmp_path: Path, converted) -> None:
+    """label.classes with a single class: its ROI pattern selects, not label.rtstruct_roi (which matches all)."""
+    image, frame, _ = converted
+    rois = {"Rim": [_square(1.5, 5.5, 2.5, 6.5, 3)], "Body": [_square(0, 9, 0, 11, 3)]}
+    rs = _write_rtstruct(tmp_path / "rs.dcm", rois, frame, "1.2")
+    one = _classes({"name": "lesion", "rtstruct_roi": ".*", "classes": {"rim": {"value": 1, "rtstruct_roi": "^Rim$"}}})
+    out = _import(rs, image, tmp_path / "mask.nii.gz", one)
+    mask = np.asarray(nib.load(out).dataobj)
+    assert int((mask == 1).sum()) == 16 and set(np.unique(mask).tolist()) == {0, 1}
+    record = json.loads(out.with_suffix("").with_suffix(".json").read_text())
+    assert record["label"]["classes"]["rim"]["roi_name"] == "Rim"
+    with pytest.raises(DicomError, match=r"2 ROI name\(s\) match '\.\*'"):
+        _import(rs, image, tmp_path / "plain.nii.gz", None)

@@ -77,11 +77,6 @@ def classes_from_records(records: Sequence[Mapping[str, Any]] | None) -> list[La
     return [LabelClass(str(r["name"]), int(r["value"]), str(r["rtstruct_roi"]), str(r["segment"])) for r in records]
 
 
-def is_single(classes: Sequence[LabelClass] | None) -> bool:
-    """True for the one-structure label (no ``label.classes``): the import writes a 0/1 mask as before."""
-    return classes is None or (len(classes) == 1 and classes[0].value == 1)
-
-
 def combine(
     masks: Mapping[str, npt.NDArray[Any]], classes: Sequence[LabelClass]
 ) -> tuple[npt.NDArray[np.uint8], dict[str, int]]:
@@ -111,26 +106,28 @@ def combine(
 
 def dicom_class_masks(
     classes: Sequence[LabelClass],
-    read_one: Callable[[LabelClass], tuple[npt.NDArray[np.uint8], dict[str, Any]]],
+    read_one: Callable[[str], tuple[npt.NDArray[np.uint8], dict[str, Any]]],
     *,
     subject: str,
     path: Any,
     kind: str,
 ) -> tuple[dict[str, npt.NDArray[np.uint8]], dict[str, Any]]:
-    """Each class's binary mask from an RTSTRUCT or SEG (``read_one`` selects and rasterises one pattern).
+    """Each class's binary mask from an RTSTRUCT (``kind`` rtstruct: its ROI pattern) or a SEG (its segment pattern).
 
-    A pattern that matches no ROI or several ROIs stops the import with the class named.
+    ``read_one`` selects and rasterises the one ROI or segment a pattern matches. A pattern that matches none or
+    several stops the import with the class named.
     """
+    key = "rtstruct_roi" if kind == "rtstruct" else "segment"
     masks: dict[str, npt.NDArray[np.uint8]] = {}
     found: dict[str, Any] = {}
     for cls in classes:
-        key = "rtstruct_roi" if kind == "rtstruct" else "segment"
+        pattern = str(getattr(cls, key))
         try:
-            masks[cls.name], found[cls.name] = read_one(cls)
+            masks[cls.name], found[cls.name] = read_one(pattern)
         except DicomError as exc:
             message = str(exc).split("] ", 1)[-1]
             raise DicomError(
-                f"class {cls.name!r} (label.classes.{cls.name}.{key} = {getattr(cls, key)!r}): {message}",
+                f"class {cls.name!r} (label.classes.{cls.name}.{key} = {pattern!r}): {message}",
                 subject=subject,
                 path=path,
             ) from exc
@@ -176,7 +173,8 @@ def class_record(
 
 
 def check_label_classes(config: Mapping[str, Any]) -> list[LabelClass]:
-    """Start-of-run check of ``label.classes`` against the rest of the config; returns the classes.
+    """Start-of-run check of ``label.classes`` against the rest of the config; returns the classes
+    (:func:`label_classes`: the one structure ``label.name`` when none are declared).
 
     Raises
     ------
@@ -185,7 +183,7 @@ def check_label_classes(config: Mapping[str, Any]) -> list[LabelClass]:
         structure); a typed ``segmentation.num_classes`` other than K + 1 for a run that trains.
     """
     classes = label_classes(config["label"])
-    if is_single(classes):
+    if not config["label"].get("classes"):
         return classes
     if config["label"].get("threshold") is not None:
         raise ConfigError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
-from medpipe.convert.classes import (
-    LabelClass,
-    class_record,
-    combine,
-    dicom_class_masks,
-    is_single,
-    nifti_class_values,
-)
+from medpipe.convert.classes import LabelClass, class_record, combine, dicom_class_masks, nifti_class_values
 from medpipe.convert.dicom_seg import seg_volume
 from medpipe.convert.rtstruct import rtstruct_to_mask
 from medpipe.core.errors import DataError, DicomError, GeometryError
@@ -166,9 +159,9 @@ def _frame_override(source: Path, kind: str, frame: str | None, policy: str, sub
     }
 
 
-def _nifti_raw(source: Path, subject: str, img: nib.Nifti1Image | None = None) -> npt.NDArray[Any]:
-    """A NIfTI label's voxels: 3D, finite (NaN and infinities refused)."""
-    raw = np.asarray((img if img is not None else load_nifti(source, subject=subject)).dataobj)
+def _nifti_raw(source: Path, subject: str, img: nib.Nifti1Image) -> npt.NDArray[Any]:
+    """A NIfTI label's voxels (``img``, read from ``source``): 3D, finite (NaN and infinities refused)."""
+    raw = np.asarray(img.dataobj)
     if raw.ndim > 3:
         raise DataError(f"label has shape {raw.shape}; expected a 3D mask", subject=subject, path=source)
     if not np.isfinite(raw).all():
@@ -259,7 +252,7 @@ def import_label(
     classes
         ``label.classes`` (:func:`medpipe.convert.classes.label_classes`, priority order): several structures,
         each found by its ROI / segment pattern or NIfTI value and written as its value, overlaps resolved by
-        priority and counted in the sidecar. None (or the one-structure default): a 0/1 mask via ``roi_pattern``.
+        priority and counted in the sidecar (one declared class too). None: a 0/1 mask via ``roi_pattern``.
 
     Raises
     ------
@@ -279,12 +272,20 @@ def import_label(
     kind = _label_kind(source, subject)
     details: dict[str, Any] = {"label_type": kind}
     override = _frame_override(source, kind, frame, frame_of_reference, subject)
-    checked = None if override else frame
     voxel_mm3 = float(np.prod(reference.spacing))
-    if classes is None or is_single(classes):
-        mask = _single_mask(source, kind, reference, ref_source, checked, details, subject, roi_pattern, threshold)
+
+    def read_dicom(pattern: str) -> tuple[npt.NDArray[np.uint8], dict[str, Any]]:
+        checked = None if override else frame
+        return _dicom_mask(source, kind, reference, ref_source, checked, subject=subject, roi_pattern=pattern)
+
+    if classes is None:
+        if kind == "nifti":
+            mask = _nifti_mask(source, reference, subject, threshold)
+        else:
+            mask, found = read_dicom(roi_pattern)
+            details.update(found)
     else:
-        mask = _class_mask(source, kind, reference, ref_source, checked, details, subject, classes, voxel_mm3)
+        mask = _class_mask(source, kind, reference, read_dicom, details, subject, classes, voxel_mm3)
     n = int(np.count_nonzero(mask))
     if n == 0:
         raise DataError("the label is empty on the reference grid", subject=subject, path=source)
@@ -294,7 +295,7 @@ def import_label(
         "frame_of_reference": frame_of_reference,
         "threshold": threshold,
     }
-    if classes is not None and not is_single(classes):
+    if classes is not None:
         parameters["classes"] = [c.to_dict() for c in classes]
     write_sidecar(
         out_mask,
@@ -307,60 +308,36 @@ def import_label(
         extra={"label": details, "n_voxels": n, "volume_mm3": round(n * voxel_mm3, 3), **override},
     )
     if out_qc is not None:
-        overlay = (
-            {"human": mask} if classes is None or is_single(classes) else {c.name: mask == c.value for c in classes}
-        )
+        overlay = {"human": mask} if classes is None else {c.name: mask == c.value for c in classes}
         _label_qc(ref_img, overlay, out_qc, title=f"sub-{subject} human label ({kind})", spacing=reference.spacing)
     logger.info("label (%s): %d voxel(s), %.1f mm3 on the reference grid", kind, n, n * voxel_mm3)
     return Path(out_mask)
-
-
-def _single_mask(
-    source: Path,
-    kind: str,
-    reference: Geometry,
-    ref_source: dict[str, Any],
-    checked: str | None,
-    details: dict[str, Any],
-    subject: str,
-    roi_pattern: str,
-    threshold: float | None,
-) -> npt.NDArray[np.uint8]:
-    """The one-structure label: a 0/1 mask (what the import found goes into ``details``)."""
-    if kind == "nifti":
-        return _nifti_mask(source, reference, subject, threshold)
-    mask, found = _dicom_mask(source, kind, reference, ref_source, checked, subject=subject, roi_pattern=roi_pattern)
-    details.update(found)
-    return mask
 
 
 def _class_mask(
     source: Path,
     kind: str,
     reference: Geometry,
-    ref_source: dict[str, Any],
-    checked: str | None,
+    read_dicom: Callable[[str], tuple[npt.NDArray[np.uint8], dict[str, Any]]],
     details: dict[str, Any],
     subject: str,
     classes: Sequence[LabelClass],
     voxel_mm3: float,
 ) -> npt.NDArray[np.uint8]:
-    """A label of several classes: class values, overlaps by priority; ``details`` gets classes and overlaps."""
+    """A label of several classes: class values, overlaps by priority; ``details`` gets classes and overlaps.
+
+    ``read_dicom`` rasterises the one ROI or segment an RTSTRUCT / SEG pattern selects (as the one-structure import).
+    """
     if kind == "nifti":
-        raw = _nifti_raw(source, subject)
-        nifti_class_values(raw, classes, subject=subject, path=source)
         img = load_nifti(source, subject=subject)
+        raw = _nifti_raw(source, subject, img)
+        nifti_class_values(raw, classes, subject=subject, path=source)
         masks = {
             c.name: place_on_grid(raw == c.value, img.affine, reference, subject=subject, path=source) for c in classes
         }
         found: dict[str, Any] = {}
     else:
-
-        def read_one(cls: LabelClass) -> tuple[npt.NDArray[np.uint8], dict[str, Any]]:
-            pattern = cls.rtstruct_roi if kind == "rtstruct" else cls.segment
-            return _dicom_mask(source, kind, reference, ref_source, checked, subject=subject, roi_pattern=pattern)
-
-        masks, found = dicom_class_masks(classes, read_one, subject=subject, path=source, kind=kind)
+        masks, found = dicom_class_masks(classes, read_dicom, subject=subject, path=source, kind=kind)
     mask, overlaps = combine(masks, classes)
     for pair, n in overlaps.items():
         logger.info(

@@ -34,7 +34,7 @@ import yaml
 
 from medpipe.core.errors import ConfigError, DataError
 from medpipe.core.geometry import check_same_grid
-from medpipe.core.io import read_sitk, sitk_geometry, write_tsv
+from medpipe.core.io import read_feature_table, read_sitk, sitk_geometry, write_tsv
 from medpipe.core.sidecar import sha256_file
 from medpipe.radiomics.ibsi import IBSI_MAP, ibsi_values
 from medpipe.radiomics.ibsi2_labels import Ibsi2Label, labels
@@ -357,13 +357,7 @@ def collect(
     """
     frames = []
     for path in sorted(str(p) for p in tables):
-        frame = pd.read_csv(
-            path,
-            sep="\t",
-            keep_default_na=False,
-            na_values=["NA"],
-            dtype={"ibsi_code": str, "ibsi2_code": str, "subject": str, "region": str},
-        )
+        frame = read_feature_table(path)
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:
             raise DataError(
