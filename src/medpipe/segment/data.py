@@ -24,6 +24,7 @@ from medpipe.core.errors import DataError
 from medpipe.core.geometry import Geometry, check_finite, check_same_grid, geometry_of
 from medpipe.core.io import load_nifti
 from medpipe.segment.losses import signed_distance_map
+from medpipe.segment.model import slice_axis
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def patch_dataset(cases: Sequence[Case], settings: Mapping[str, Any], *, with_sd
         raise DataError(f"segmentation.train.foreground_ratio = {ratio} must lie in [0, 1]")
     aug = settings["augment"] if train.get("augment", True) else {}
     slice_wise = settings["model"]["architecture"] == "unet2d"
-    axis = int(settings["model"].get("slice_axis", 2))
+    axis = slice_axis(settings["model"])
     pipeline = [
         mt.EnsureTyped(keys, track_meta=False),
         mt.SpatialPadd(keys, spatial_size=patch, mode="constant"),

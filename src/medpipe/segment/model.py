@@ -28,12 +28,11 @@ from torch import nn
 
 from medpipe.core.errors import ConfigError, MedpipeError
 from medpipe.core.io import atomic_path
+from medpipe.segment.settings import check_slice_axis
 
 logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("unet3d", "unet2d", "cascade")
-#: Array axes a 2D network may slice along (``segmentation.model.slice_axis``).
-SLICE_AXES = (0, 1, 2)
 #: ``format`` tag of a model file written by :func:`save_model`.
 MODEL_FORMAT = "medpipe-seg-1"
 #: Packages whose versions the sidecars of the train and predict outputs record.
@@ -143,9 +142,7 @@ def _check_model_settings(m: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"segmentation.model: channels {channels} need exactly len(channels) - 1 strides, got {strides}"
         )
-    axis = m.get("slice_axis", 2)
-    if isinstance(axis, bool) or axis not in SLICE_AXES:
-        raise ConfigError(f"segmentation.model.slice_axis = {axis!r}; expected one of {SLICE_AXES}")
+    check_slice_axis(m.get("slice_axis", 2))
     if m.get("squeeze_excitation") not in (None, False, True, "channel", "residual"):
         raise ConfigError(
             "segmentation.model.squeeze_excitation must be true, false, 'channel' or 'residual', "

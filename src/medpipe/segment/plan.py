@@ -54,7 +54,7 @@ from medpipe.core.plan_record import PLAN_FORMAT, SOURCES, Decision, Plan, key_p
 from medpipe.segment import plan_rules as rules
 from medpipe.segment.dataset_fingerprint import DatasetFingerprint
 from medpipe.segment.plan_network import MISSING, NetworkPlan, plan_cascade, plan_network
-from medpipe.segment.settings import resolve_settings
+from medpipe.segment.settings import check_slice_axis, resolve_settings
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +156,7 @@ def _slice_axis(rec: _Recorder, fp: DatasetFingerprint) -> int:
         planned, why = worst, f"thick axis ({slices}, >= {THICK_SLICE_RATIO:g}): slices across axis {worst}"
     else:
         planned, why = 2, f"no thick axis ({slices}, < {THICK_SLICE_RATIO:g}): axis 2, the schema default"
-    value = rec.decide("segmentation.model.slice_axis", planned, why)
-    if isinstance(value, bool) or value not in (0, 1, 2):
-        raise ConfigError(f"segmentation.model.slice_axis = {value!r}; expected 0, 1 or 2")
-    return int(value)
+    return check_slice_axis(rec.decide("segmentation.model.slice_axis", planned, why))
 
 
 def _spacing(rec: _Recorder, fp: DatasetFingerprint) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy.typing as npt
 from medpipe.core.errors import ConfigError
 from medpipe.segment import plan_rules as rules
 from medpipe.segment.plan_rules import Floats
+from medpipe.segment.settings import check_slice_axis
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ def axis_order(dims: int, slice_axis: int) -> list[int]:
     ConfigError
         When ``slice_axis`` is not 0, 1 or 2.
     """
-    if isinstance(slice_axis, bool) or slice_axis not in (0, 1, 2):
-        raise ConfigError(f"segmentation.model.slice_axis = {slice_axis!r}; expected 0, 1 or 2")
+    slice_axis = check_slice_axis(slice_axis)
     if dims != 2:
         return [0, 1, 2]
     return [*(a for a in range(3) if a != slice_axis), slice_axis]

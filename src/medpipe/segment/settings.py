@@ -13,9 +13,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from medpipe.core.config import deep_merge, with_defaults
+from medpipe.core.errors import ConfigError
 
 #: The config section these settings come from.
 SECTION = "segmentation"
+#: Array axes a 2D network may slice along (``segmentation.model.slice_axis``).
+SLICE_AXES = (0, 1, 2)
+
+
+def check_slice_axis(value: Any) -> int:
+    """``segmentation.model.slice_axis`` as an int; ConfigError naming the value unless it is 0, 1 or 2."""
+    if isinstance(value, bool) or value not in SLICE_AXES:
+        raise ConfigError(f"segmentation.model.slice_axis = {value!r}; expected one of {SLICE_AXES}")
+    return int(value)
 
 
 def _interned(value: Any) -> Any:
