@@ -22,9 +22,12 @@ venv: $(STAMP)
 demo-data: venv
 	$(BIN)/medpipe demo-data --out resources/demo --config config/config.yaml
 
+# The demo study: config/config.yaml with the lesion as two classes, rim and core (config/demo.yaml).
+DEMO_SMK = source $(BIN)/activate && snakemake --profile profiles/default --configfile config/demo.yaml
+
 demo: demo-data
-	source $(BIN)/activate && snakemake --cores $(CORES) --profile profiles/default
-	source $(BIN)/activate && snakemake --cores 1 --profile profiles/default --report results/report.html
+	$(DEMO_SMK) --cores $(CORES)
+	$(DEMO_SMK) --cores 1 --report results/report.html
 	@echo "medpipe demo finished. Report: $(CURDIR)/results/report.html"
 
 # Real data (developers and CI machines only): the 38 IBSI soft-tissue-sarcoma patients from ../shared,

@@ -6,7 +6,7 @@ from snakemake.logging import logger
 
 from medpipe.audit.failures import write_failures
 from medpipe.audit.review import excluded_subjects
-from medpipe.convert.classes import check_label_classes
+from medpipe.convert.classes import check_label_classes, evaluation_labels
 from medpipe.core.config import (
     allowed_values,
     check_radiomics_only,
@@ -121,6 +121,10 @@ LABEL_CLASSES = [c.to_dict() for c in _CLASSES] if config["label"]["classes"] el
 # structure), in value order; the DICOM-SEG export gets one segment per class (None: the one label_name segment).
 CLASS_VALUES = {c.name: c.value for c in sorted(_CLASSES, key=lambda c: c.value)}
 SEG_CLASSES = None if LABEL_CLASSES is None else CLASS_VALUES
+# Evaluation rows -> the mask values they score: every class, with two or more classes the whole structure
+# label.name (their union), then the BraTS-style unions of evaluate.regions; the shift flags read the whole one.
+EVAL_LABELS = evaluation_labels(config, _CLASSES)
+WHOLE_LABEL = config["label"]["name"] if len(_CLASSES) > 1 else _CLASSES[0].name
 # Derived radiomics regions (radiomics.regions: a peritumoral ring around every mask source) -> definition;
 # the structure's own rows are region label.name.
 REGIONS = configured_regions(config)

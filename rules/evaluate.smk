@@ -19,7 +19,7 @@ rule evaluate_subject:
         mem_mb=mem_mb_scaled(2000, 30),
         runtime=10,
     params:
-        labels=CLASS_VALUES,
+        labels=EVAL_LABELS,
     script:
         "../scripts/evaluate_subject.py"
 
@@ -93,7 +93,7 @@ rule evaluate_reader2:
         mem_mb=mem_mb_scaled(2000, 30),
         runtime=10,
     params:
-        labels=CLASS_VALUES,
+        labels=EVAL_LABELS,
     script:
         "../scripts/evaluate_reader2.py"
 
@@ -181,6 +181,7 @@ rule shift_reference:
         sets=SETS,
         sites=SITES,
         channels=SEQUENCES,
+        label=WHOLE_LABEL,
         settings=config["evaluate"]["shift"],
     script:
         "../scripts/shift_reference.py"
@@ -224,5 +225,6 @@ rule shift_flags:
         sets=SETS,
         sites=SITES,
         channels=SEQUENCES,
+        label=WHOLE_LABEL,
     script:
         "../scripts/shift_flags.py"

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medpipe.convert.classes import LabelClass, check_label_classes, label_classes
+from medpipe.convert.classes import LabelClass, check_label_classes, evaluation_labels, label_classes
 from medpipe.convert.labels import import_label
 from medpipe.core.errors import ConfigError, DataError, DicomError
 from tests.convert.test_rtstruct import _square, _write_rtstruct
@@ -61,6 +61,29 @@ def test_run_config_must_agree_with_the_classes() -> None:
     check_label_classes({**config, "automatic_segmentation": False, "segmentation": {"num_classes": 2}})
     with pytest.raises(ConfigError, match=r"label\.threshold"):
         check_label_classes({**config, "label": {**RIM_CORE, "threshold": 0.5}})
+
+
+def test_evaluation_rows_are_the_classes_the_whole_structure_and_the_regions() -> None:
+    three = {"name": "tumour", "classes": {"enh": {"value": 1}, "necro": {"value": 2}, "edema": {"value": 3}}}
+    config = {"label": three, "evaluate": {"regions": {"core": ["necro", "enh"]}}}
+    labels = evaluation_labels(config, label_classes({**three, "rtstruct_roi": ".*"}))
+    # classes in value order, the whole structure (label.name) as their union, then BraTS' tumour core
+    assert labels == {"enh": [1], "necro": [2], "edema": [3], "tumour": [1, 2, 3], "core": [1, 2]}
+    single = {"name": "lesion", "rtstruct_roi": ".*", "classes": {}}
+    assert evaluation_labels({"label": single}, label_classes(single)) == {"lesion": [1]}  # no duplicate row
+    rim_core = label_classes(RIM_CORE)
+    for regions, message in [
+        ({"core": ["core"]}, r"evaluate\.regions\.core: named like a class"),
+        ({"lesion": ["core"]}, r"evaluate\.regions\.lesion: named like a class or label\.name"),
+        ({"tc": ["core", "necrosis"]}, r"evaluate\.regions\.tc: \['necrosis'\] not in label\.classes"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            evaluation_labels({"label": RIM_CORE, "evaluate": {"regions": regions}}, rim_core)
+    with pytest.raises(ConfigError, match=r"label\.classes declares none"):
+        evaluation_labels({"label": single, "evaluate": {"regions": {"x": ["lesion"]}}}, label_classes(single))
+    clash = {**RIM_CORE, "name": "rim"}
+    with pytest.raises(ConfigError, match=r"class 'rim' is named like label\.name"):
+        evaluation_labels({"label": clash}, label_classes(clash))
 
 
 def test_rtstruct_classes_overlap_by_priority_and_the_sidecar_counts_it(tmp_path: Path, converted) -> None:
@@ -148,5 +171,5 @@ def test_one_declared_class_is_found_by_its_own_pattern(tmp_path: Path, converte
     assert int((mask == 1).sum()) == 16 and set(np.unique(mask).tolist()) == {0, 1}
     record = json.loads(out.with_suffix("").with_suffix(".json").read_text())
     assert record["label"]["classes"]["rim"]["roi_name"] == "Rim"
-    with pytest.raises(DicomError, match=r"2 ROI name\(s\) match '\.\*'"):
+    with pytest.raises(DicomError, match=r"label\.rtstruct_roi = '\.\*': 2 ROI name\(s\) match '\.\*'"):
         _import(rs, image, tmp_path / "plain.nii.gz", None)

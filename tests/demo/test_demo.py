@@ -120,7 +120,7 @@ def test_dicom_geometry_matches_truth_nifti(cohort: Path) -> None:
     vol, dicom_affine, dss = read_series(cohort / "dicom" / "demo01" / "T1w")
     ds = dss[0]
     assert ds.Modality == "MR" and ds.SOPClassUID == pydicom.uid.MRImageStorage
-    assert ds.SeriesDescription == "T1w" and int(ds.SeriesNumber) == 1
+    assert ds.SeriesDescription == f"T1w {PHI_TOKEN}SE" and int(ds.SeriesNumber) == 1
     assert [float(v) for v in ds.PixelSpacing] == [SPACING[1], SPACING[0]]
     assert float(ds.SliceThickness) == float(ds.SpacingBetweenSlices) == SPACING[2]
     ipp = np.array([d.ImagePositionPatient for d in dss], dtype=float)
@@ -182,6 +182,34 @@ def test_phi_is_planted_in_every_header(cohort: Path) -> None:
     assert phi["subjects"]["demo01"]["PatientID"] != phi["subjects"]["demo02"]["PatientID"]
 
 
+def test_every_profile_attribute_carries_an_identifier(cohort: Path) -> None:
+    """Beside the patient data, each attribute of the PS3.15 basic profile holds a greppable planted value."""
+    from pydicom.datadict import dictionary_VR
+
+    from medpipe.core.confidentiality import profile_tags
+
+    phi = json.loads((cohort / "phi.json").read_text())
+    ds = pydicom.dcmread(sorted((cohort / "dicom" / "demo01" / "T2w").glob("*.dcm"))[2])
+    raw = b"".join(p.read_bytes() for p in sorted((cohort / "dicom" / "demo01" / "T2w").glob("*.dcm"))[2:3])
+    missing = []
+    for group, element in profile_tags():
+        tag = (group << 16) | element
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            continue
+        if vr in {"UI", "US", "SS", "UL", "SL", "FL", "FD", "DS", "IS", "AS", "OB", "OW", "UN", "AT", "SV", "UV"}:
+            continue  # UIDs are kept by the Retain UIDs Option; numbers hold nothing greppable
+        if tag not in ds:
+            missing.append(f"({group:04X},{element:04X})")
+    assert not missing, missing[:20]
+    assert len(phi["profile"]) > 400 and set(phi["profile"]) <= set(phi["all_strings"])
+    found = [text for text in phi["profile"] if text.encode() in raw]
+    assert len(found) > 400  # the planted values are in the file itself (sequences and private blocks too)
+    assert ds.SeriesDescription.startswith("T2w ") and PHI_TOKEN in ds.SeriesDescription
+    assert any(el.tag.is_private and PHI_TOKEN in str(el.value) for el in ds)
+
+
 def test_rigid_truth_maps_t2w_back_onto_t1w(cohort: Path) -> None:
     improvements = []
     for sid in ("demo01", "demo02"):
@@ -216,7 +244,9 @@ def test_truth_is_consistent(cohort: Path) -> None:
         label, _ = load(cohort / "labels" / f"{sid}_lesion.nii.gz")
         brain, _ = load(truth / "brainmask.nii.gz")
         parts, _ = load(truth / "lesion_parts.nii.gz")
-        np.testing.assert_array_equal(label, lesion)
+        np.testing.assert_array_equal(label > 0, lesion)
+        np.testing.assert_array_equal(label, np.where(np.isin(parts, (1, 2)), parts, 0))  # 1 rim, 2 core
+        assert set(np.unique(label)) == {0, 1, 2} and label.dtype == np.uint8
         assert set(np.unique(lesion)) == {0, 1} and lesion.dtype == np.uint8
         assert np.all(brain[lesion > 0] == 1)
         np.testing.assert_array_equal(lesion, np.isin(parts, (1, 2)))

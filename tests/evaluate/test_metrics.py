@@ -232,6 +232,26 @@ def test_evaluate_pair_writes_table_and_checks_grid(tmp_path):
         evaluate_pair(bad_auto, human, tmp_path / "bad.tsv", subject="s2", labels={"lesion": 1})
 
 
+def test_a_region_scores_the_union_of_its_classes(tmp_path):
+    spacing = (1.0, 1.0, 1.0)
+    human = np.zeros((20, 20, 20), np.uint8)
+    human[4:16, 4:16, 4:16] = 1  # rim
+    human[7:13, 7:13, 7:13] = 2  # core
+    auto = human.copy()
+    auto[7:13, 7:13, 7:10] = 1  # half the core called rim: the classes disagree, their union does not
+    paths = [save_nifti(m, np.eye(4), tmp_path / f"{n}.nii.gz") for n, m in (("auto", auto), ("human", human))]
+    labels = {"rim": [1], "core": [2], "lesion": [1, 2]}
+    table = read_metrics(evaluate_pair(*paths, tmp_path / "m.tsv", subject="s1", labels=labels))
+    rows = table.set_index("label")
+    assert list(rows.index) == ["rim", "core", "lesion"]
+    assert rows.loc["lesion", "label_value"] == "1+2" and str(rows.loc["rim", "label_value"]) == "1"
+    assert rows.loc["lesion", "dice"] == 1.0 and rows.loc["lesion", "hd95_mm"] == 0.0
+    assert rows.loc["core", "dice"] == pytest.approx(2 * 108 / (108 + 216))
+    assert rows.loc["rim", "dice"] == pytest.approx(2 * 1512 / (1620 + 1512))
+    assert rows.loc["lesion", "volume_human_ml"] == pytest.approx(12**3 / 1000)
+    assert pair_metrics(auto == 2, human == 2, spacing)["dice"] == pytest.approx(rows.loc["core", "dice"])
+
+
 def test_summarise_statistics_and_figures(tmp_path):
     tables, qc = [], {}
     for k, off in enumerate([0, 1, 2, 3, 5]):

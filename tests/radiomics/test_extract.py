@@ -146,6 +146,21 @@ def test_an_empty_automatic_mask_gives_a_table_without_rows_other_sources_are_re
             _extract(img, empty, tmp_path / "x.tsv", params, subject="S01", source=source, image="T1w")
 
 
+def test_an_automatic_speck_too_small_for_pyradiomics_gives_a_table_without_rows(tmp_path: Path) -> None:
+    """A class the network found in a few voxels only (below minimumROISize) is read like an empty automatic mask;
+    the same mask as a human (or perturbed) source stops the job naming the subject."""
+    img, msk = _case(tmp_path)
+    params = _params(tmp_path, {**FAST, "setting": {**FAST["setting"], "minimumROISize": 10}})
+    shape = sitk.GetArrayFromImage(sitk.ReadImage(str(msk))).shape[::-1]
+    speck = np.zeros(shape, np.uint8)
+    speck[10:12, 10:12, 6:8] = 1  # 8 voxels
+    path = save_nifti(speck, nib_affine(msk), tmp_path / "speck.nii.gz", dtype=np.uint8)
+    out = _extract(img, path, tmp_path / "auto.tsv", params, subject="S01", source="auto", image="T1w")
+    assert pd.read_csv(out, sep="\t").empty
+    with pytest.raises(DataError, match=r"S01.*pyradiomics refused the ROI.*too small"):
+        _extract(img, path, tmp_path / "human.tsv", params, subject="S01", source="human", image="T1w")
+
+
 def nib_affine(path: Path) -> np.ndarray:
     import nibabel as nib
 

@@ -100,20 +100,27 @@ def test_rerun_has_nothing_to_do(tiny_run: Path) -> None:
 
 
 def test_no_planted_phi_in_outputs(tiny_run: Path) -> None:
+    """Neither the planted patient data nor the identifiers planted in every PS3.15 basic-profile attribute of the
+    source series (medpipe.demo.profile_phi) reach any output: images, masks, DICOM-SEG, sidecars, tables, figures,
+    logs, benchmarks and the report, binary files included (gzip decompressed)."""
+    import gzip
+
     planted = json.loads((tiny_run / "resources/demo/phi.json").read_text())
     strings = {v for v in _flatten(planted) if isinstance(v, str) and len(v) >= 4} | {"MEDPIPEPHI"}
-    hits = []
+    assert len(planted["profile"]) > 400 and set(planted["profile"]) <= strings
+    needles = sorted({s.lower().encode() for s in strings})
+    hits, n_files = [], 0
     for folder in ("results", "logs"):
         for path in (tiny_run / folder).rglob("*"):
             if not path.is_file():
                 continue
+            n_files += 1
             data = path.read_bytes()
-            if path.suffix == ".gz":
-                import gzip
-
-                data = gzip.decompress(data)
-            hits += [f"{path}: {s}" for s in strings if s.encode() in data or s.lower().encode() in data.lower()]
-            hits += [f"{path} (file name): {s}" for s in strings if s.lower() in path.name.lower()]
+            data = (gzip.decompress(data) if path.suffix == ".gz" else data).lower()
+            hits += [f"{path}: {s.decode()}" for s in needles if s in data]
+            hits += [f"{path} (file name): {s.decode()}" for s in needles if s.decode() in path.name.lower()]
+    assert n_files > 300 and (tiny_run / "results/report.html").is_file()
+    assert any(tiny_run.glob("results/postprocess/sub-*/*.dcm"))  # the DICOM-SEG exports are among them
     assert not hits, "planted PHI found:\n" + "\n".join(hits[:20])
 
 

@@ -199,3 +199,41 @@ def check_label_classes(config: Mapping[str, Any]) -> list[LabelClass]:
             f"{len(classes)} class(es) {[c.name for c in classes]}: set num_classes: {wanted} (background included)"
         )
     return classes
+
+
+def evaluation_labels(config: Mapping[str, Any], classes: Sequence[LabelClass]) -> dict[str, list[int]]:
+    """Name -> mask values of every evaluation row: each class, the whole structure and ``evaluate.regions``.
+
+    The classes come first in value order, then (two or more classes) ``label.name`` as the union of every class
+    (BraTS' whole tumour), then each configured region as the union of its classes.
+
+    Raises
+    ------
+    ConfigError
+        A region naming a class that is not declared, a region named like a class or ``label.name``, regions
+        without ``label.classes``, or a class named ``label.name`` beside other classes.
+    """
+    values = {c.name: c.value for c in sorted(classes, key=lambda c: c.value)}
+    labels = {name: [value] for name, value in values.items()}
+    whole = str(config["label"]["name"])
+    if len(values) > 1:
+        if whole in values:
+            raise ConfigError(
+                f"  label.classes: class {whole!r} is named like label.name, which names the whole structure (the "
+                "union of every class) in the evaluation tables: rename the class or label.name"
+            )
+        labels[whole] = sorted(values.values())
+    regions = (config.get("evaluate") or {}).get("regions") or {}
+    if regions and not config["label"].get("classes"):
+        raise ConfigError("  evaluate.regions: unions of label.classes, but label.classes declares none")
+    for name, members in regions.items():
+        if name in labels:
+            raise ConfigError(f"  evaluate.regions.{name}: named like a class or label.name; choose another name")
+        unknown = [m for m in members if m not in values]
+        if unknown:
+            raise ConfigError(
+                f"  evaluate.regions.{name}: {unknown} not in label.classes {sorted(values)}: a region is a union of "
+                "declared classes"
+            )
+        labels[name] = sorted(values[m] for m in members)
+    return labels

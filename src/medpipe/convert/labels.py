@@ -24,7 +24,7 @@ import pydicom
 
 from medpipe.convert.classes import LabelClass, class_record, combine, dicom_class_masks, nifti_class_values
 from medpipe.convert.dicom_seg import seg_volume
-from medpipe.convert.rtstruct import rtstruct_to_mask
+from medpipe.convert.rtstruct import RoiSelectionError, rtstruct_to_mask
 from medpipe.core.errors import DataError, DicomError, GeometryError
 from medpipe.core.geometry import WORLD_ATOL_MM, Geometry, geometry_of
 from medpipe.core.io import load_nifti, save_like
@@ -282,7 +282,13 @@ def import_label(
         if kind == "nifti":
             mask = _nifti_mask(source, reference, subject, threshold)
         else:
-            mask, found = read_dicom(roi_pattern)
+            try:
+                mask, found = read_dicom(roi_pattern)
+            except RoiSelectionError as exc:
+                message = str(exc).split("] ", 1)[-1]
+                raise DicomError(
+                    f"label.rtstruct_roi = {roi_pattern!r}: {message}", subject=subject, path=source
+                ) from exc
             details.update(found)
     else:
         mask = _class_mask(source, kind, reference, read_dicom, details, subject, classes, voxel_mm3)

@@ -53,15 +53,25 @@ class RasterReport:
         }
 
 
+class RoiSelectionError(DicomError):
+    """A name pattern matched no ROI (or segment) or several; the caller names the setting it came from."""
+
+
 def select_roi(names: dict[int, str], pattern: str, *, subject: str, path: str | Path, what: str = "ROI") -> int:
-    """Number of the one ROI whose name matches ``pattern`` (regular expression, searched)."""
+    """Number of the one ROI whose name matches ``pattern`` (regular expression, searched).
+
+    Raises
+    ------
+    RoiSelectionError
+        No name or several names match.
+    """
     hits = {n: name for n, name in names.items() if re.search(pattern, name)}
     if len(hits) != 1:
         found = sorted(names.values())
         problem = "no" if not hits else f"{len(hits)}"
-        raise DicomError(
-            f"{problem} {what} name(s) match {pattern!r} (label.rtstruct_roi); names in the file: "
-            f"{found}. Use a pattern that matches exactly one",
+        raise RoiSelectionError(
+            f"{problem} {what} name(s) match {pattern!r}; names in the file: {found}. Use a pattern that matches "
+            "exactly one",
             subject=subject,
             path=path,
         )

@@ -64,6 +64,16 @@ def profile_actions() -> dict[tuple[int, ...], Action]:
 
 
 @cache
+def profile_tags() -> tuple[tuple[int, int], ...]:
+    """``(group, element)`` of every single attribute in the basic profile's table, sorted (repeating groups and
+    the command / file-meta groups 0000 and 0002 left out)."""
+    from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
+
+    tags = dicom_anonymization_database_selector(PROFILE_TABLE)["ALL_TAGS"]
+    return tuple(sorted({(t[0], t[1]) for t in tags if len(t) == 2 and t[0] not in (0x0000, 0x0002)}))
+
+
+@cache
 def profile_keywords() -> frozenset[str]:
     """DICOM keywords of every single attribute in the basic profile's table (repeating groups left out).
 

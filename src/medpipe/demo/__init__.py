@@ -5,6 +5,7 @@ Built from nilearn's MNI152 template (no downloads). Entry point :func:`generate
 """
 
 from medpipe.demo.cohort import DemoSettings, cohort_is_current, generate_demo_cohort, subject_ids
-from medpipe.demo.subject import PHI_TOKEN, ScannerProfile
+from medpipe.demo.profile_phi import PHI_TOKEN
+from medpipe.demo.subject import ScannerProfile
 
 __all__ = ["PHI_TOKEN", "DemoSettings", "ScannerProfile", "cohort_is_current", "generate_demo_cohort", "subject_ids"]

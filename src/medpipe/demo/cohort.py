@@ -8,7 +8,7 @@ Layout under the output folder (``resources/demo`` by default)::
                                             subject.json (every drawn parameter)
     truth/outcomes.tsv                      simulated binary outcome (medpipe.demo.outcome)
     truth/sites.tsv                         set, site and scanner profile of every subject
-    labels/demoNN_lesion.nii.gz             the "human" label (= truth lesion)
+    labels/demoNN_lesion.nii.gz             the "human" label (= truth lesion: 1 enhancing rim, 2 necrotic core)
     subjects.tsv                            subject sheet: subject, dicom, label (+ set, site when the
                                             cohort has external subjects)
     phi.json                                every planted PHI string
@@ -45,7 +45,8 @@ from medpipe.core.io import atomic_path, write_tsv
 from medpipe.core.sidecar import package_versions, sha256_file, write_json
 from medpipe.demo.dicom_series import FOV_CENTRE_MM, FOV_MM, make_grid
 from medpipe.demo.outcome import write_outcomes
-from medpipe.demo.subject import PHI_TOKEN, REFERENCE_SCANNER, ScannerProfile, generate_subject
+from medpipe.demo.profile_phi import PHI_TOKEN, planted_texts
+from medpipe.demo.subject import REFERENCE_SCANNER, ScannerProfile, generate_subject
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ MARKER = ".medpipe_demo"
 OWNED = ("dicom", "truth", "labels")
 #: Bump when the generated content changes for the same settings.
 #: 2: truth/outcomes.tsv (simulated outcome); 3: external subjects (n_external, external_shift), truth/sites.tsv,
-#: scanner profile in subject.json (site-A pixel data unchanged).
-GENERATOR_VERSION = 3
+#: scanner profile in subject.json (site-A pixel data unchanged); 4: the human label holds the classes (1 rim, 2 core),
+#: and an identifier is planted in every PS3.15 basic-profile attribute of the DICOM series (phi.json "profile").
+GENERATOR_VERSION = 4
 #: Sheet ``set`` and ``site`` of the demo's own subjects (scanner A) and of its external ones (scanner B).
 INTERNAL_SITE = ("train", "demo-A")
 EXTERNAL_SITE = ("external", "demo-B")
@@ -295,11 +297,16 @@ def generate_demo_cohort(out_dir: str | Path, settings: DemoSettings, *, force: 
         shutil.rmtree(out / name, ignore_errors=True)
         os.replace(staging / name, out / name)
     staging.rmdir()
-    strings = sorted({v for rec in phi.values() for v in rec.values()})
+    profile = planted_texts()
+    strings = sorted({v for rec in phi.values() for v in rec.values()} | set(profile))
     note = (
-        "Fake PHI planted in the DICOM headers; every value except PatientBirthDate (a DICOM date) contains the token."
+        "Fake PHI planted in the DICOM headers: the patient data of `subjects`, and `profile`, one value in every "
+        "attribute of the PS3.15 basic confidentiality profile the generator does not set itself (UIDs left out: "
+        "the Retain UIDs Option keeps them) and in two private groups (medpipe.demo.profile_phi). Every value except "
+        "the dates and times contains the token."
     )
-    write_json({"token": PHI_TOKEN, "note": note, "subjects": phi, "all_strings": strings}, out / "phi.json")
+    record = {"token": PHI_TOKEN, "note": note, "subjects": phi, "profile": profile, "all_strings": strings}
+    write_json(record, out / "phi.json")
     sheet = write_subject_sheet(out, subjects, _sheet_sites(settings))
     files = {
         str(p.relative_to(out)): {"size": p.stat().st_size, "sha256": sha256_file(p)}

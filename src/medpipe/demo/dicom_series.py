@@ -21,6 +21,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
 from medpipe.core.geometry import LPS_RAS
+from medpipe.demo.profile_phi import plant_profile
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +227,7 @@ def write_series(
     _set_patient_and_study(ds, study)
     _set_series(ds, series)
     _set_image_plane(ds, grid, iop, pixel_spacing)
+    plant_profile(ds, series.description)
     files: list[Path] = []
     vol = np.asarray(volume, dtype="<u2")
     for k in range(nz):

@@ -32,14 +32,13 @@ from medpipe.demo.dicom_series import (
     write_series,
 )
 from medpipe.demo.lesion import Lesion, lesion_level_on_grid, make_lesion
+from medpipe.demo.profile_phi import PHI_TOKEN
 
 logger = logging.getLogger(__name__)
 
 F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
 
-#: Token contained in every planted PHI string (dates cannot hold it; they are listed in phi.json).
-PHI_TOKEN = "MEDPIPEPHI"
 #: Signal units written to DICOM: T1w white matter and T2w CSF are about this value.
 SIGNAL_SCALE = 1000.0
 #: Sequence name -> (series number, TE ms, TR ms, flip angle deg).
@@ -306,8 +305,11 @@ def _write_sequence(
             "lesion_parts.nii.gz": (parts, "uint8"),
             "T1w_clean.nii.gz": (clean, "float32"),
         }
+        # The human label holds the two classes (1 enhancing rim, 2 necrotic core); a one-structure import
+        # (label.classes unset) reads every non-zero voxel as the lesion.
+        label_map = np.where(lesion_mask > 0, parts, 0).astype(np.uint8)
         label = root / "labels" / f"{subject}_lesion.nii.gz"
-        files += _save(lesion_mask, "uint8", label, geom, subject, {"what": "human lesion label (rim+core)"})
+        files += _save(label_map, "uint8", label, geom, subject, {"what": "human lesion label (1 rim, 2 core)"})
     for name, (data, dtype) in outputs.items():
         files += _save(data, dtype, root / "truth" / subject / name, geom, subject, {"what": name.split(".")[0]})
     return files

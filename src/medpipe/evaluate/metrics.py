@@ -130,8 +130,25 @@ def pair_metrics(auto: npt.NDArray[Any], human: npt.NDArray[Any], spacing: Seque
     return out
 
 
+def label_selection(mask: npt.NDArray[Any], values: int | Sequence[int]) -> npt.NDArray[np.bool_]:
+    """The voxels of one evaluation label: a class value, or the union of several (a region)."""
+    return np.isin(mask, [values] if isinstance(values, int) else list(values))
+
+
+def _label_value(values: int | Sequence[int]) -> int | str:
+    """``label_value`` of a row: the class value, or a region's values joined by ``+`` (``1+2``)."""
+    if isinstance(values, int):
+        return values
+    return int(values[0]) if len(values) == 1 else "+".join(str(int(v)) for v in values)
+
+
 def evaluate_pair(
-    auto: str | Path, human: str | Path, out_tsv: str | Path, *, subject: str, labels: Mapping[str, int]
+    auto: str | Path,
+    human: str | Path,
+    out_tsv: str | Path,
+    *,
+    subject: str,
+    labels: Mapping[str, int | Sequence[int]],
 ) -> Path:
     """Score the automatic mask against the human mask of one subject, per class.
 
@@ -140,12 +157,13 @@ def evaluate_pair(
     auto, human
         Label maps (NIfTI) on the same native grid (checked).
     out_tsv
-        Destination TSV: one row per class with ``subject``, ``label``, ``label_value``, the
+        Destination TSV: one row per entry of ``labels`` with ``subject``, ``label``, ``label_value``, the
         :data:`METRICS` and ``empty_mask``.
     subject
         Subject ID (named in errors and written to the table).
     labels
-        Class name -> label value, e.g. ``{"lesion": 1}``.
+        Row name -> label value, e.g. ``{"lesion": 1}``, or values whose union is scored (an evaluation region,
+        ``{"whole": [1, 2]}``; :func:`medpipe.convert.classes.evaluation_labels`).
     """
     auto_img = load_nifti(auto, subject=subject)
     human_img = load_nifti(human, subject=subject)
@@ -157,8 +175,8 @@ def evaluate_pair(
         raise DataError("no labels to evaluate (labels mapping is empty)", subject=subject, path=out_tsv)
     rows = []
     for name, value in labels.items():
-        row: dict[str, Any] = {"subject": subject, "label": name, "label_value": int(value)}
-        row.update(pair_metrics(a == value, h == value, geom.spacing))
+        row: dict[str, Any] = {"subject": subject, "label": name, "label_value": _label_value(value)}
+        row.update(pair_metrics(label_selection(a, value), label_selection(h, value), geom.spacing))
         logger.info(
             "subject %s label %s: dice %.4f hd95 %.3f mm msd %.3f mm (empty: %s)",
             subject,

@@ -44,11 +44,16 @@ def _volume_ml(mask: str | Path, subject: str) -> float:
     return float(np.count_nonzero(np.asarray(img.dataobj))) * voxel_ml
 
 
-def _labelled(metrics: str | Path | None) -> dict[str, tuple[float, float]]:
-    """Subject -> (Dice, human volume in mL) of the first label in ``evaluate/metrics.tsv``."""
+def _labelled(metrics: str | Path | None, label: str | None = None) -> dict[str, tuple[float, float]]:
+    """Subject -> (Dice, human volume in mL) of ``label`` (the whole structure; None: the first label of each
+    subject) in ``evaluate/metrics.tsv``."""
     if metrics is None:
         return {}
     table = read_metrics(metrics)
+    if label is not None:
+        if label not in set(table["label"]):
+            raise DataError(f"no rows of label {label!r} (found {sorted(set(table['label']))})", path=metrics)
+        table = table[table["label"] == label]
     first = table.drop_duplicates("subject")
     return {str(r.subject): (float(r.dice), float(r.volume_human_ml)) for r in first.itertuples()}
 
@@ -64,12 +69,14 @@ def load_cases(
     auto_masks: Sequence[str | Path],
     uncertainty: Sequence[str | Path],
     metrics: str | Path | None = None,
+    label: str | None = None,
 ) -> list[CaseFacts]:
-    """Facts of ``subjects`` from their files (one per subject, in order; ``normalised`` subject-major)."""
+    """Facts of ``subjects`` from their files (one per subject, in order; ``normalised`` subject-major); Dice
+    and human volume from the ``label`` rows of ``metrics`` (the whole structure, like the predicted volume)."""
     n, k = len(subjects), len(channels)
     if not (len(reference_images) == len(auto_masks) == len(uncertainty) == n and len(normalised) == n * k):
         raise DataError(f"{n} subjects and {k} channels do not match the numbers of input files")
-    scored = _labelled(metrics)
+    scored = _labelled(metrics, label)
     cases = []
     for i, subject in enumerate(subjects):
         spacing, fov = _grid(reference_images[i], subject)
@@ -108,6 +115,7 @@ def cases_from_job(params: Any, inputs: Any) -> list[CaseFacts]:
         auto_masks=list(inputs.auto_masks),
         uncertainty=list(inputs.uncertainty),
         metrics=getattr(inputs, "metrics", None),
+        label=getattr(params, "label", None),
     )
 
 

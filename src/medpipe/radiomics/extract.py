@@ -164,7 +164,7 @@ def compute_features(
     try:
         result = extractor.execute_masks(img, morph, intensity)
     except ValueError as exc:  # pyradiomics reports invalid ROIs as ValueError
-        raise DataError(f"pyradiomics refused the ROI: {exc}", subject=subject) from exc
+        raise RoiRefusedError(f"pyradiomics refused the ROI: {exc}", subject=subject) from exc
     raw = {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
     shift = float(settings.get("voxelArrayShift", 0))
     by_type: dict[str, dict[str, float]] = {}
@@ -258,8 +258,13 @@ def _row(
     }
 
 
-#: The one mask source whose mask may be empty (the network's): every other empty mask is an error.
+#: The one mask source whose mask may be empty or too small for pyradiomics (the network's): every other such
+#: mask is an error.
 EMPTY_ALLOWED_SOURCE = "auto"
+
+
+class RoiRefusedError(DataError):
+    """pyradiomics refused the ROI after the IBSI processing (too small, too few dimensions)."""
 
 
 def extract_features(
@@ -285,8 +290,8 @@ def extract_features(
     subject
         Subject ID (subject sheet).
     source
-        Mask source, e.g. ``human``, ``auto``, a model name or a perturbation. An empty ``auto`` mask gives a
-        table without rows (logged); any other empty mask is refused.
+        Mask source, e.g. ``human``, ``auto``, a model name or a perturbation. An empty ``auto`` mask, or one
+        pyradiomics refuses as too small, gives a table without rows (logged); any other such mask is refused.
     image_name
         The image's name in the table (``image`` column): its sequence, e.g. ``T1w``, ``CT``, ``ADC``.
     params_file
@@ -316,7 +321,14 @@ def extract_features(
         )
         return write_tsv(pd.DataFrame(columns=COLUMNS), out_tsv)
     structure = sitk.Cast(msk > 0, sitk.sitkUInt8)  # a mask of several classes: the whole structure
-    raw, codes = compute_features(img, structure, params, ibsi, subject=subject)
+    try:
+        raw, codes = compute_features(img, structure, params, ibsi, subject=subject)
+    except RoiRefusedError as exc:
+        if source != EMPTY_ALLOWED_SOURCE:
+            raise
+        # A model that found only a speck (a class of a few voxels): treated like an empty automatic mask.
+        logger.warning("subject %s: %s; no %s features of %s (table without rows)", subject, exc, source, image_name)
+        return write_tsv(pd.DataFrame(columns=COLUMNS), out_tsv)
     rows = feature_rows(raw, codes, params=params, spacing_mm=target_spacing(img, ibsi))
     provenance = {
         "subject": subject,

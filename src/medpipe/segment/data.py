@@ -3,8 +3,9 @@
 Cases are read once, checked (channels on one grid, finite voxels, label values, non-empty label)
 and held in memory by :class:`monai.data.CacheDataset`; every draw then crops a patch with
 :class:`~monai.transforms.RandCropByPosNegLabeld` (``foreground_ratio`` of the patches centred on
-the label) and augments it. Cases smaller than the patch are zero-padded to the patch size
-(documented handling, logged), never an error.
+the label; with several classes that share split evenly over the classes, :func:`_patch_sampler`)
+and augments it. Cases smaller than the patch are zero-padded to the patch size (documented
+handling, logged), never an error.
 """
 
 from __future__ import annotations
@@ -180,6 +181,31 @@ def augmentations(
     return out
 
 
+def _patch_sampler(keys: list[str], patch: list[int], ratio: float, n_classes: int) -> mt.MapTransform:
+    """Patch centres: ``ratio`` of them on the structure, the rest on background.
+
+    One structure: :class:`~monai.transforms.RandCropByPosNegLabeld`. Several classes: nnU-Net's class-balanced
+    oversampling, :class:`~monai.transforms.RandCropByLabelClassesd` with the foreground share split evenly over
+    the classes, so a small class (a necrotic core inside its rim) is the centre of as many patches as a large one
+    (a case without a class gives its share to the others).
+    """
+    if n_classes <= 2:
+        return mt.RandCropByPosNegLabeld(
+            keys, label_key="label", spatial_size=patch, pos=ratio, neg=1.0 - ratio, num_samples=1, allow_smaller=False
+        )
+    share = ratio / (n_classes - 1)
+    return mt.RandCropByLabelClassesd(
+        keys,
+        label_key="label",
+        spatial_size=patch,
+        ratios=[1.0 - ratio, *([share] * (n_classes - 1))],
+        num_classes=n_classes,
+        num_samples=1,
+        allow_smaller=False,
+        warn=False,
+    )
+
+
 def patch_dataset(cases: Sequence[Case], settings: Mapping[str, Any], *, with_sdm: bool) -> CacheDataset:
     """Cached dataset whose items are randomly cropped, augmented patches of the cases.
 
@@ -215,15 +241,7 @@ def patch_dataset(cases: Sequence[Case], settings: Mapping[str, Any], *, with_sd
     pipeline = [
         mt.EnsureTyped(keys, track_meta=False),
         mt.SpatialPadd(keys, spatial_size=patch, mode="constant"),
-        mt.RandCropByPosNegLabeld(
-            keys,
-            label_key="label",
-            spatial_size=patch,
-            pos=ratio,
-            neg=1.0 - ratio,
-            num_samples=1,
-            allow_smaller=False,
-        ),
+        _patch_sampler(keys, patch, ratio, n_classes),
         *augmentations(aug, keys, slice_wise=slice_wise, patch_size=patch, slice_axis=axis),
         mt.EnsureTyped(keys, track_meta=False, dtype=None),
     ]
