@@ -41,7 +41,9 @@ def _merge(base: dict, extra: dict) -> dict:
 def classes_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("classes")
     work = clone_run(tiny_run, tmp / "wd", verify=False)
-    cfg = _merge(yaml.safe_load(TINY_CONFIG.read_text()), yaml.safe_load(DEMO_OVERLAY.read_text()))
+    tiny = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg = _merge(tiny, yaml.safe_load(DEMO_OVERLAY.read_text()))
+    cfg["segmentation"]["train"]["epochs"] = tiny["segmentation"]["train"]["epochs"]  # the tiny schedule
     cfg["evaluate"] = {"regions": {"enhancing": ["rim"]}}  # a one-class region: scored like its class
     cfg["label"]["classes"]["rim"]["rtstruct_roi"] = "^rim"  # RTSTRUCT labels of the bad-label test
     # no mask perturbations: on the tiny 3 mm radiomics grid the eroded human core is below pyradiomics' 10 voxels
