@@ -165,3 +165,27 @@ def test_start_up_check_names_the_problem(tmp_path: Path) -> None:
     few = [*y[y == 1].index[:2], *y[y == 0].index[:5]]  # 2 events cannot fill 3 folds
     with pytest.raises(DataError, match="2 events and 5 non-events cannot fill 3 stratified folds"):
         check_signature_config(ok, subjects=SUBJECTS, labelled=few, sources=["human", "auto"])
+
+
+def test_an_external_subject_without_one_of_the_signatures_features_is_left_out_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An automatic mask without one region (no core predicted on a shifted scan) gives its subject no value of
+    that region's features: the final model, fitted on training subjects that have them, scores the other
+    external subjects and names the one it cannot score instead of stopping."""
+    features, outcomes = _inputs(tmp_path)
+    table = pd.read_csv(features, sep="\t", dtype={"subject": str})
+    lacking = SUBJECTS[21]
+    table = table[~((table["source"] == "auto") & (table["subject"] == lacking) & (table["feature"] == "f5"))]
+    features = write_tsv(table, tmp_path / "features_lacking.tsv")
+    sets = {s: "external" if i >= 16 else "train" for i, s in enumerate(SUBJECTS)}
+    out = tmp_path / "auto"
+    out.mkdir()
+    with caplog.at_level("WARNING"):
+        signature_report(features, outcomes, out / "oof.tsv", out / "sel.tsv", out / "model.json",
+                         source="auto", settings=_settings(outcomes), labelled=SUBJECTS, seed=1, sets=sets)  # fmt: skip
+    scored = pd.read_csv(out / "oof.tsv", sep="\t", dtype={"subject": str}).set_index("subject")
+    external = scored[scored["set"] == "external"]
+    assert sorted(external.index) == sorted(s for s in SUBJECTS[16:] if s != lacking)
+    assert json.loads((out / "model.json").read_text())["validation"]["external"]["n_subjects"] == 7
+    assert f"subject {lacking} has no value of the signature's feature 'f5'" in caplog.text

@@ -51,11 +51,14 @@ def feature_keys(table: pd.DataFrame) -> pd.Series:
     return key
 
 
-def feature_matrix(features: pd.DataFrame, source: str, *, subjects: Sequence[str] | None = None) -> pd.DataFrame:
+def feature_matrix(
+    features: pd.DataFrame, source: str, *, subjects: Sequence[str] | None = None, drop_incomplete: bool = True
+) -> pd.DataFrame:
     """Subject x feature matrix of one mask source (pyradiomics rows only).
 
-    Features with a non-finite value for any of the subjects are dropped (logged); subjects listed
-    in ``subjects`` without features for this source are an error.
+    Features with a non-finite value for any of the subjects are dropped (logged) unless ``drop_incomplete`` is
+    false (then they stay, NaN where a subject has none: a region its mask does not have); subjects listed in
+    ``subjects`` without features for this source are an error.
 
     Returns
     -------
@@ -89,7 +92,7 @@ def feature_matrix(features: pd.DataFrame, source: str, *, subjects: Sequence[st
         wide = wide.loc[order]
     else:
         wide = wide.sort_index()
-    finite = np.isfinite(wide.to_numpy()).all(axis=0)
+    finite = np.isfinite(wide.to_numpy()).all(axis=0) if drop_incomplete else np.ones(wide.shape[1], dtype=bool)
     if not finite.all():
         logger.warning(
             "source %s: %d feature(s) with missing values dropped, e.g. %s",

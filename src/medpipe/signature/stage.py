@@ -159,12 +159,28 @@ def _score_held_out(
     sets: Mapping[str, str],
     keys: set[str] | None,
 ) -> pd.DataFrame:
-    """The final model's probability for each held-out (test / external) subject, in the OOF table's columns."""
+    """The final model's probability for each held-out (test / external) subject, in the OOF table's columns.
+
+    A subject without one of the model's features (an automatic mask without one of the regions, e.g. no core
+    predicted on a shifted scan) cannot be scored: it is left out with a warning naming it and the feature."""
     present = _with_features(table, source, list(sets), "scoring by the final model") if sets else []
     if not present:
         return pd.DataFrame(columns=list(OOF_COLUMNS))
-    X = preselect(feature_matrix(table, source, subjects=present), keys)
-    scores = apply(final, X).set_index("subject")
+    X = preselect(feature_matrix(table, source, subjects=present, drop_incomplete=False), keys)
+    X = X.reindex(columns=final.features)
+    lacking = X.columns[X.isna().to_numpy().argmax(axis=1)]
+    complete = X.notna().all(axis=1).to_numpy()
+    for subject, feature in zip(X.index[~complete], lacking[~complete], strict=True):
+        logger.warning(
+            "source %s: subject %s has no value of the signature's feature %r (a region its mask lacks?) and is "
+            "left out of scoring by the final model",
+            source,
+            subject,
+            feature,
+        )
+    if not complete.any():
+        return pd.DataFrame(columns=list(OOF_COLUMNS))
+    scores = apply(final, X[complete]).set_index("subject")
     subjects = list(scores.index)
     return pd.DataFrame(
         {
