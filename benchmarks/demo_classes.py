@@ -88,13 +88,29 @@ def _radiomics_rows(res: Path) -> list[str]:
     return rows
 
 
-def _retention_rows(res: Path) -> list[str]:
-    table = _tsv(res / "stats/retention_by_class.tsv")
-    table = table[table["class"].isin(["shape", "firstorder", "texture", "all"])]
+#: Feature classes of the retention tables, in report order.
+RETENTION_CLASSES = ("shape", "first-order", "texture", "wavelet", "LoG", "all")
+
+
+def _retention_table(table: pd.DataFrame) -> list[str]:
+    table = table[table["class"].isin(RETENTION_CLASSES)]
     wide = table.pivot_table(index="region", columns="class", values="percent_reproducible", sort=False)
-    classes = [c for c in ("shape", "firstorder", "texture", "all") if c in wide.columns]
+    classes = [c for c in RETENTION_CLASSES if c in wide.columns]
     rows = ["| region | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
     rows += [f"| {r} | " + " | ".join(f"{wide.loc[r, c]:.1f} %" for c in classes) + " |" for r in wide.index]
+    return rows
+
+
+def _retention_rows(res: Path) -> list[str]:
+    by_set = _tsv(res / "stats/retention_by_set.tsv")
+    rows = ["All subjects with both sources (results/stats/retention_by_class.tsv):", ""]
+    rows += _retention_table(_tsv(res / "stats/retention_by_class.tsv"))
+    for set_name in ("train", "external"):
+        part = by_set[(by_set["set"] == set_name) & (by_set["site"].astype(str) == "all")]
+        if len(part):
+            n = int(part["n_subjects"].iloc[0])
+            rows += ["", f"Set {set_name} ({n} subjects; results/stats/retention_by_set.tsv):", ""]
+            rows += _retention_table(part)
     return rows
 
 
@@ -123,7 +139,7 @@ def main() -> None:
         "## Radiomics rows per region and mask source (results/radiomics/features.tsv)",
         *_radiomics_rows(res),
         "",
-        "## Human vs automatic: features with CCC >= cutoff per region (results/stats/retention_by_class.tsv)",
+        "## Human vs automatic: features with CCC >= cutoff per region",
         *_retention_rows(res),
         "",
     ]
