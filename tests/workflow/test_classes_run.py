@@ -5,7 +5,8 @@ with three output classes. Checks: the converted mask holds the classes; evaluat
 (their union, recomputed here from the masks) and a BraTS-style region; a DICOM-SEG with one segment per class
 that reads back exactly; radiomics, reproducibility and retention per region. Then three test-set subjects with bad
 class labels (a NIfTI value outside the classes, an RTSTRUCT with two ROIs for one class, one with no ROI for a
-class): with ``--keep-going`` each stops its own label import naming subject, file and class, and nothing else."""
+class) and a second reader's mask on another grid: with ``--keep-going`` each stops its own import naming subject,
+file and class (or grid), and nothing else."""
 
 from __future__ import annotations
 
@@ -175,9 +176,15 @@ def _add_bad_subjects(work: Path) -> dict[str, str]:
         rows.append(
             {"subject": subject, "dicom": str(folder.relative_to(work)), "label": f"resources/demo/labels/{name}"}
         )
+    # a second reader's mask on another grid (half a voxel off) for the first subject
+    shifted = img.affine.copy()
+    shifted[:3, 3] += 0.5 * np.abs(np.diag(img.affine)[:3])
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), shifted), labels / "reader2_offgrid.nii.gz")
+    sheet["label2"] = ["resources/demo/labels/reader2_offgrid.nii.gz", *([""] * (len(sheet) - 1))]
     sheet["set"] = "train"
-    bad = pd.DataFrame(rows).assign(set="test")
+    bad = pd.DataFrame(rows).assign(set="test", label2="")
     pd.concat([sheet, bad]).to_csv(work / "resources/demo/subjects.tsv", sep="\t", index=False)
+    expect[str(source["subject"])] = r"GeometryError: .*not the reference grid"
     return expect
 
 
@@ -189,13 +196,17 @@ def test_a_bad_class_label_stops_only_its_own_subject(classes_run: Path, tmp_pat
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, "a run with bad labels must not report success"
     failed = re.findall(r"^Error in rule (\w+):\n((?:    .*\n)+)", out, flags=re.MULTILINE)
-    assert {rule for rule, _ in failed} == {"convert_label"}, out[-3000:]
-    subjects = [re.search(r"sub-(\w+?)[._/]", block) for _, block in failed]
-    assert sorted(m.group(1) for m in subjects if m) == sorted(expect), out[-3000:]
+    reader = good[0]
+    rule_of = {s: "convert_reader2" if s == reader else "convert_label" for s in expect}
+    subjects = [(rule, re.search(r"sub-(\w+?)[._/]", block)) for rule, block in failed]
+    assert sorted((rule, m.group(1)) for rule, m in subjects if m) == sorted((r, s) for s, r in rule_of.items())
     for subject, message in expect.items():
-        log = (work / f"logs/convert_label/sub-{subject}.log").read_text()
+        log = (work / f"logs/{rule_of[subject]}/sub-{subject}.log").read_text()
         assert re.search(message, log) and subject in log, log[-2000:]
-        assert re.search(r"file \S*(BADVALUE_lesion\.nii\.gz|BADTWO_RS\.dcm|BADNONE_RS\.dcm)", log), log[-2000:]
+        files = r"BADVALUE_lesion\.nii\.gz|BADTWO_RS\.dcm|BADNONE_RS\.dcm|reader2_offgrid\.nii\.gz"
+        assert re.search(rf"file \S*({files})", log), log[-2000:]
+        if subject == reader:
+            continue  # the first reader's results stand (below)
         # the subject's own jobs that need no label went on: it was predicted (by the ensemble of the fold models);
         # what reads its label (postprocess QC, evaluation, radiomics) waits for the fix
         assert (work / f"results/predict/sub-{subject}/sub-{subject}_pred.nii.gz").is_file()
@@ -203,6 +214,6 @@ def test_a_bad_class_label_stops_only_its_own_subject(classes_run: Path, tmp_pat
     for subject in good:  # the other subjects keep their results
         assert (work / f"results/evaluate/sub-{subject}/sub-{subject}_metrics.tsv").is_file()
     failures = pd.read_csv(work / "logs/failed_jobs.tsv", sep="\t", dtype=str, keep_default_na=False)
-    assert set(failures["subject"]) == set(expect) and set(failures["rule"]) == {"convert_label"}
+    assert dict(zip(failures["subject"], failures["rule"], strict=True)) == rule_of
     for row in failures.itertuples():
         assert re.search(expect[row.subject], row.comment), row.comment
