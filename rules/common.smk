@@ -6,7 +6,7 @@ from snakemake.logging import logger
 
 from medpipe.audit.failures import write_failures
 from medpipe.audit.review import excluded_subjects
-from medpipe.convert.classes import check_label_classes, evaluation_labels
+from medpipe.convert.classes import check_label_classes, evaluation_labels, whole_label
 from medpipe.core.config import (
     allowed_values,
     check_radiomics_only,
@@ -124,7 +124,7 @@ SEG_CLASSES = None if LABEL_CLASSES is None else CLASS_VALUES
 # Evaluation rows -> the mask values they score: every class, with two or more classes the whole structure
 # label.name (their union), then the BraTS-style unions of evaluate.regions; the shift flags read the whole one.
 EVAL_LABELS = evaluation_labels(config, _CLASSES)
-WHOLE_LABEL = config["label"]["name"] if len(_CLASSES) > 1 else _CLASSES[0].name
+WHOLE_LABEL = whole_label(config, _CLASSES)
 # Derived radiomics regions (radiomics.regions: a peritumoral ring around every mask source) -> definition;
 # the structure's own rows are region label.name.
 REGIONS = configured_regions(config)

@@ -23,6 +23,7 @@ import pydicom
 import pytest
 import yaml
 
+from medpipe.core.config import deep_merge
 from medpipe.core.overlap import dice_score
 from tests.convert.test_rtstruct import _write_rtstruct
 from tests.postprocess.test_export_dicom_seg import readback_dice
@@ -31,19 +32,12 @@ from tests.workflow.conftest import REPO, TINY_CONFIG, clone_run, run, snakemake
 DEMO_OVERLAY = REPO / "config" / "demo.yaml"
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
 @pytest.fixture(scope="module")
 def classes_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("classes")
     work = clone_run(tiny_run, tmp / "wd", verify=False)
     tiny = yaml.safe_load(TINY_CONFIG.read_text())
-    cfg = _merge(tiny, yaml.safe_load(DEMO_OVERLAY.read_text()))
+    cfg = deep_merge(tiny, yaml.safe_load(DEMO_OVERLAY.read_text()))
     cfg["segmentation"]["train"]["epochs"] = tiny["segmentation"]["train"]["epochs"]  # the tiny schedule
     cfg["evaluate"] = {"regions": {"enhancing": ["rim"]}}  # a one-class region: scored like its class
     cfg["label"]["classes"]["rim"]["rtstruct_roi"] = "^rim"  # RTSTRUCT labels of the bad-label test

@@ -125,9 +125,8 @@ def dicom_class_masks(
         try:
             masks[cls.name], found[cls.name] = read_one(pattern)
         except DicomError as exc:
-            message = str(exc).split("] ", 1)[-1]
             raise DicomError(
-                f"class {cls.name!r} (label.classes.{cls.name}.{key} = {pattern!r}): {message}",
+                f"class {cls.name!r} (label.classes.{cls.name}.{key} = {pattern!r}): {exc.message}",
                 subject=subject,
                 path=path,
             ) from exc
@@ -201,6 +200,12 @@ def check_label_classes(config: Mapping[str, Any]) -> list[LabelClass]:
     return classes
 
 
+def whole_label(config: Mapping[str, Any], classes: Sequence[LabelClass]) -> str:
+    """Name of the evaluation row of the whole structure: ``label.name`` (the union of the classes) with two or
+    more classes, else the one class."""
+    return str(config["label"]["name"]) if len(classes) > 1 else classes[0].name
+
+
 def evaluation_labels(config: Mapping[str, Any], classes: Sequence[LabelClass]) -> dict[str, list[int]]:
     """Name -> mask values of every evaluation row: each class, the whole structure and ``evaluate.regions``.
 
@@ -215,7 +220,7 @@ def evaluation_labels(config: Mapping[str, Any], classes: Sequence[LabelClass]) 
     """
     values = {c.name: c.value for c in sorted(classes, key=lambda c: c.value)}
     labels = {name: [value] for name, value in values.items()}
-    whole = str(config["label"]["name"])
+    whole = whole_label(config, classes)
     if len(values) > 1:
         if whole in values:
             raise ConfigError(

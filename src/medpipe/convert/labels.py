@@ -285,9 +285,8 @@ def import_label(
             try:
                 mask, found = read_dicom(roi_pattern)
             except RoiSelectionError as exc:
-                message = str(exc).split("] ", 1)[-1]
                 raise DicomError(
-                    f"label.rtstruct_roi = {roi_pattern!r}: {message}", subject=subject, path=source
+                    f"label.rtstruct_roi = {roi_pattern!r}: {exc.message}", subject=subject, path=source
                 ) from exc
             details.update(found)
     else:

@@ -20,6 +20,8 @@ class MedpipeError(Exception):
             parts.append(f"file {path}")
         prefix = f"[{', '.join(parts)}] " if parts else ""
         super().__init__(prefix + message)
+        #: The message without the ``[subject ..., file ...]`` prefix (for a caller that re-raises with context).
+        self.message = message
         self.subject = subject
         self.path = None if path is None else str(path)
 

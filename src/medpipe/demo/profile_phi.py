@@ -25,8 +25,10 @@ from medpipe.core.confidentiality import profile_tags
 PHI_TOKEN = "MEDPIPEPHI"
 #: Text value representations planted with the token (16 characters at most: SH, AE and CS hold it).
 TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
-#: Private blocks planted with one attribute each: (group, creator).
-PRIVATE = ((0x0009, "MEDPIPE PHI A"), (0x0029, "MEDPIPE PHI B"))
+#: Private blocks planted with one attribute each: (group, creator, planted text).
+PRIVATE = ((0x0009, "MEDPIPE PHI A", f"{PHI_TOKEN}P0009"), (0x0029, "MEDPIPE PHI B", f"{PHI_TOKEN}P0029"))
+#: Attributes that keep the sequence name first (the selectors read it) -> the token they end with.
+DESCRIPTIONS = {"SeriesDescription": f"{PHI_TOKEN}SE", "ProtocolName": f"{PHI_TOKEN}PR"}
 
 
 def _value(vr: str, n: int) -> tuple[Any, str] | None:
@@ -62,29 +64,21 @@ def profile_plants() -> dict[tuple[int, int], tuple[str, Any, str]]:
     return plants
 
 
-def plant_profile(ds: Dataset, description: str) -> list[str]:
-    """Plant every profile attribute ``ds`` does not hold yet, and the private blocks; the planted strings.
+def plant_profile(ds: Dataset, description: str) -> None:
+    """Plant every profile attribute ``ds`` does not hold yet, and the private blocks (:func:`planted_texts`).
 
     ``description`` (the sequence name) stays first in Series Description and Protocol Name.
     """
-    texts = []
-    for tag, (vr, value, text) in profile_plants().items():
-        if (tag[0] << 16) | tag[1] in ds:
-            continue
-        ds.add_new(tag, vr, [Dataset(item) for item in value] if vr == "SQ" else value)
-        texts.append(text)
-    for keyword in ("SeriesDescription", "ProtocolName"):
-        setattr(ds, keyword, f"{description} {PHI_TOKEN}{keyword[:2].upper()}")
-        texts.append(f"{PHI_TOKEN}{keyword[:2].upper()}")
-    for group, creator in PRIVATE:
-        block = ds.private_block(group, creator, create=True)
-        block.add_new(0x10, "LO", text := f"{PHI_TOKEN}P{group:04X}")
-        texts.append(text)
-    return texts
+    for tag, (vr, value, _) in profile_plants().items():
+        if (tag[0] << 16) | tag[1] not in ds:
+            ds.add_new(tag, vr, [Dataset(item) for item in value] if vr == "SQ" else value)
+    for keyword, token in DESCRIPTIONS.items():
+        setattr(ds, keyword, f"{description} {token}")
+    for group, creator, text in PRIVATE:
+        ds.private_block(group, creator, create=True).add_new(0x10, "LO", text)
 
 
 def planted_texts() -> list[str]:
     """Every string :func:`plant_profile` can plant (recorded in ``phi.json`` for the output grep)."""
     texts = [text for _, _, text in profile_plants().values()]
-    texts += [f"{PHI_TOKEN}{keyword[:2].upper()}" for keyword in ("SeriesDescription", "ProtocolName")]
-    return sorted({*texts, *(f"{PHI_TOKEN}P{group:04X}" for group, _ in PRIVATE)})
+    return sorted({*texts, *DESCRIPTIONS.values(), *(text for _, _, text in PRIVATE)})

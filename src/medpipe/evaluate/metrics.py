@@ -130,15 +130,8 @@ def pair_metrics(auto: npt.NDArray[Any], human: npt.NDArray[Any], spacing: Seque
     return out
 
 
-def label_selection(mask: npt.NDArray[Any], values: int | Sequence[int]) -> npt.NDArray[np.bool_]:
-    """The voxels of one evaluation label: a class value, or the union of several (a region)."""
-    return np.isin(mask, [values] if isinstance(values, int) else list(values))
-
-
-def _label_value(values: int | Sequence[int]) -> int | str:
+def _label_value(values: Sequence[int]) -> int | str:
     """``label_value`` of a row: the class value, or a region's values joined by ``+`` (``1+2``)."""
-    if isinstance(values, int):
-        return values
     return int(values[0]) if len(values) == 1 else "+".join(str(int(v)) for v in values)
 
 
@@ -175,8 +168,9 @@ def evaluate_pair(
         raise DataError("no labels to evaluate (labels mapping is empty)", subject=subject, path=out_tsv)
     rows = []
     for name, value in labels.items():
-        row: dict[str, Any] = {"subject": subject, "label": name, "label_value": _label_value(value)}
-        row.update(pair_metrics(label_selection(a, value), label_selection(h, value), geom.spacing))
+        values = [value] if isinstance(value, int) else [int(v) for v in value]  # a class, or a region's classes
+        row: dict[str, Any] = {"subject": subject, "label": name, "label_value": _label_value(values)}
+        row.update(pair_metrics(np.isin(a, values), np.isin(h, values), geom.spacing))
         logger.info(
             "subject %s label %s: dice %.4f hd95 %.3f mm msd %.3f mm (empty: %s)",
             subject,

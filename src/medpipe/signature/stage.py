@@ -168,8 +168,9 @@ def _score_held_out(
         return pd.DataFrame(columns=list(OOF_COLUMNS))
     X = preselect(feature_matrix(table, source, subjects=present, drop_incomplete=False), keys)
     X = X.reindex(columns=final.features)
-    lacking = X.columns[X.isna().to_numpy().argmax(axis=1)]
-    complete = X.notna().all(axis=1).to_numpy()
+    missing = X.isna().to_numpy()
+    lacking = X.columns[missing.argmax(axis=1)]
+    complete = ~missing.any(axis=1)
     for subject, feature in zip(X.index[~complete], lacking[~complete], strict=True):
         logger.warning(
             "source %s: subject %s has no value of the signature's feature %r (a region its mask lacks?) and is "
